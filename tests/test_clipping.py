@@ -1,0 +1,123 @@
+"""Clipping invariants: every example's contribution to the pre-noise sum is at most C."""
+
+import math
+
+import hypothesis.extra.numpy as hnp
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import rtol_for
+from hypothesis import given
+from hypothesis import strategies as st
+
+import dpjax
+
+_clip_sum = jax.jit(dpjax.clip_and_sum, static_argnums=1)
+
+_rows = hnp.arrays(
+    np.float32,
+    st.tuples(st.integers(1, 6), st.just(5)),
+    elements=st.floats(-1e4, 1e4, width=32),
+)
+_row = hnp.arrays(np.float32, (5,), elements=st.floats(-1e4, 1e4, width=32))
+_clip = st.floats(1e-3, 1e3)
+
+
+def _tree(rows):
+    # Two leaves so that the norm must be global over the whole gradient.
+    return {"a": jnp.asarray(rows[:, :2]), "b": jnp.asarray(rows[:, 2:]).reshape(-1, 3, 1)}
+
+
+def _flat(tree):
+    return np.concatenate([np.asarray(tree["a"]).ravel(), np.asarray(tree["b"]).ravel()]).astype(np.float64)
+
+
+def _bound(c, total):
+    return c * (1 + rtol_for(np.float32)) + rtol_for(np.float32) * total
+
+
+@given(rows=_rows, extra=_row, c=_clip)
+def test_adding_or_removing_one_example_moves_sum_by_at_most_c(rows, extra, c):
+    s, _ = _clip_sum(_tree(rows), c)
+    s_add, _ = _clip_sum(_tree(np.vstack([rows, extra])), c)
+    diff = np.linalg.norm(_flat(s_add) - _flat(s))
+    assert diff <= _bound(c, c * (len(rows) + 1))
+
+
+@given(rows=_rows, replacement=_row, c=_clip)
+def test_replacing_one_example_moves_sum_by_at_most_2c(rows, replacement, c):
+    s, _ = _clip_sum(_tree(rows), c)
+    swapped = rows.copy()
+    swapped[0] = replacement
+    s_rep, _ = _clip_sum(_tree(swapped), c)
+    diff = np.linalg.norm(_flat(s_rep) - _flat(s))
+    assert diff <= _bound(2 * c, c * len(rows))
+
+
+@given(rows=_rows, c=_clip)
+def test_every_clipped_example_has_norm_at_most_c(rows, c):
+    singles = jax.vmap(lambda t: dpjax.clip_and_sum(jax.tree.map(lambda x: x[None], t), c)[0])(_tree(rows))
+    norms = np.asarray(dpjax.per_example_global_norms(singles))
+    assert np.all(norms <= c * (1 + rtol_for(np.float32)))
+
+
+def test_gradients_under_c_pass_unchanged():
+    g = {"w": jnp.array([[0.3, 0.4], [0.0, 0.5], [0.1, 0.1]])}
+    s, stats = _clip_sum(g, 1.0)
+    np.testing.assert_allclose(s["w"], g["w"].sum(0), rtol=1e-6)
+    assert int(stats.num_clipped) == 0
+
+
+def test_over_c_is_scaled_to_exactly_c_in_the_same_direction():
+    s, stats = _clip_sum({"w": jnp.array([[30.0, 40.0]])}, 2.0)
+    np.testing.assert_allclose(s["w"], [1.2, 1.6], rtol=1e-6)
+    assert int(stats.num_clipped) == 1
+
+
+def test_padded_rows_contribute_exactly_zero():
+    real = jnp.array([[1.0, 2.0], [0.5, 0.5]])
+    garbage = jnp.array([[1e30, -1e30], [jnp.nan, jnp.inf]])
+    g = {"w": jnp.concatenate([real, garbage])}
+    mask = jnp.array([True, True, False, False])
+    s, stats = _clip_sum(g, 10.0, mask)
+    np.testing.assert_array_equal(s["w"], real.sum(0))
+    assert int(stats.num_nonfinite) == 0  # padded rows are not counted
+
+
+@pytest.mark.parametrize("bad", [jnp.nan, jnp.inf, -jnp.inf])
+def test_nonfinite_rows_contribute_zero_and_are_counted(bad):
+    g = {"w": jnp.array([[0.3, 0.4], [bad, 1.0], [0.1, 0.2]]), "b": jnp.ones((3, 1))}
+    s, stats = _clip_sum(g, 100.0)
+    assert np.all(np.isfinite(np.asarray(s["w"])))
+    np.testing.assert_allclose(s["w"], [0.4, 0.6], rtol=1e-6)
+    np.testing.assert_allclose(s["b"], [2.0], rtol=1e-6)
+    assert int(stats.num_nonfinite) == 1
+
+
+def test_transformation_works_under_jit_and_in_chain():
+    import optax
+
+    tx = optax.chain(dpjax.clip_per_example(1.0), optax.scale(0.5))
+    g = {"w": jnp.array([[3.0, 4.0], [0.3, 0.4]])}
+    out, state = jax.jit(tx.update)(g, tx.init({"w": jnp.zeros(2)}), mask=jnp.array([True, False]))
+    np.testing.assert_allclose(out["w"], [0.3, 0.4], rtol=1e-6)
+    assert int(state[0].num_clipped) == 1
+
+
+def test_mask_of_wrong_shape_names_the_shapes():
+    tx = dpjax.clip_per_example(1.0)
+    with pytest.raises(ValueError, match=r"mask has shape \(3,\).*batch size 2"):
+        jax.jit(tx.update)({"w": jnp.ones((2, 4))}, tx.init(None), mask=jnp.ones(3, bool))
+
+
+def test_missing_batch_axis_is_reported_with_shapes():
+    tx = dpjax.clip_per_example(1.0)
+    with pytest.raises(ValueError, match="leading batch axis"):
+        tx.update({"w": jnp.ones((2, 4)), "b": jnp.ones(())}, tx.init(None))
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, math.inf, math.nan, "1.0", None, True])
+def test_invalid_clip_norm_is_refused_with_fix(bad):
+    with pytest.raises(ValueError, match=r"l2_norm=.*non_private_aggregate"):
+        dpjax.clip_per_example(bad)
