@@ -73,7 +73,10 @@ def add_gaussian_noise(stddev: float, key: jax.Array) -> optax.GradientTransform
         leaves, treedef = jax.tree.flatten(updates)
         keys = jax.random.split(jax.random.fold_in(state.key, state.count), len(leaves))
         noisy = [
-            g + (std * jax.random.normal(k, jnp.shape(g), jnp.result_type(g))).astype(jnp.result_type(g))
+            g
+            + (std * jax.random.normal(k, jnp.shape(g), jnp.result_type(g))).astype(
+                jnp.result_type(g)
+            )
             for g, k in zip(leaves, keys, strict=True)
         ]
         return jax.tree.unflatten(treedef, noisy), GaussianNoiseState(

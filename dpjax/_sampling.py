@@ -90,7 +90,9 @@ class PoissonSampler:
             q = self.sampling_rate
             cap = n + 4.0 * math.sqrt(self.dataset_size * q * (1.0 - q))
             microbatch_size = min(self.dataset_size, 8 * math.ceil(cap / 8))
-        self.microbatch_size = _validation.check_positive_int(microbatch_size, "microbatch_size", "64")
+        self.microbatch_size = _validation.check_positive_int(
+            microbatch_size, "microbatch_size", "64"
+        )
 
     def sample(self, step: int) -> Batch:
         """Draws the batch of logical step `step` (host side)."""

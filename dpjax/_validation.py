@@ -13,7 +13,9 @@ import numbers
 import jax
 import jax.numpy as jnp
 
-NOT_PRIVATE_HINT = "use dpjax.non_private_aggregate(...) explicitly if you really want a NOT PRIVATE run"
+NOT_PRIVATE_HINT = (
+    "use dpjax.non_private_aggregate(...) explicitly if you really want a NOT PRIVATE run"
+)
 
 
 def _is_real(value: object) -> bool:
@@ -61,7 +63,9 @@ def check_positive_float(value: float, name: str, example: str = "1.0") -> float
       ValueError: otherwise.
     """
     if not _is_real(value) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name}={value!r} must be a finite positive number; pass e.g. {name}={example}.")
+        raise ValueError(
+            f"{name}={value!r} must be a finite positive number; pass e.g. {name}={example}."
+        )
     return float(value)
 
 
@@ -123,7 +127,9 @@ def check_target_epsilon(epsilon: float, name: str = "target_epsilon") -> float:
       ValueError: otherwise.
     """
     if not _is_real(epsilon) or not math.isfinite(epsilon) or epsilon <= 0:
-        raise ValueError(f"{name}={epsilon!r} must be a finite positive number; pass e.g. {name}=3.0.")
+        raise ValueError(
+            f"{name}={epsilon!r} must be a finite positive number; pass e.g. {name}=3.0."
+        )
     return float(epsilon)
 
 
@@ -140,7 +146,9 @@ def check_key(key: object, name: str = "key") -> jax.Array:
         )
     if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         if key.shape != ():
-            raise ValueError(f"{name} has shape {key.shape}; pass a single key, jax.random.key(seed).")
+            raise ValueError(
+                f"{name} has shape {key.shape}; pass a single key, jax.random.key(seed)."
+            )
         return key
     if isinstance(key, jax.Array) and key.shape == (2,) and key.dtype == jnp.uint32:
         return jax.random.wrap_key_data(key)

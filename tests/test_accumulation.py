@@ -27,9 +27,9 @@ def test_k_microbatches_plus_one_noise_draw_equals_the_whole_batch_with_the_same
     whole = dpjax.dp_aggregate(c, sigma, n, key=jax.random.key(42))
     want, _ = jax.jit(whole.update)(grads(params, batch), whole.init(params), mask=mask)
     for m in (1, 3, 4, 12):
-        summed, stats = jax.jit(dpjax.accumulate_clipped_grads(grads, l2_norm=c, microbatch_size=m))(
-            params, batch, mask
-        )
+        summed, stats = jax.jit(
+            dpjax.accumulate_clipped_grads(grads, l2_norm=c, microbatch_size=m)
+        )(params, batch, mask)
         noise = dpjax.noisy_mean(c, sigma, n, key=jax.random.key(42))
         got, _ = noise.update(summed, noise.init(params))
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):

@@ -54,8 +54,13 @@ def test_huge_clip_and_non_private_mode_reproduce_the_plain_mean_gradient():
 
 def test_dp_sgd_with_adam_is_one_line_and_jits():
     params = {"w": jnp.zeros((3, 2)), "b": jnp.zeros(2)}
-    tx = dpjax.dp_sgd(optax.adam(1e-2), l2_norm=1.0, noise_multiplier=1.1, expected_batch_size=4,
-                      key=jax.random.key(0))
+    tx = dpjax.dp_sgd(
+        optax.adam(1e-2),
+        l2_norm=1.0,
+        noise_multiplier=1.1,
+        expected_batch_size=4,
+        key=jax.random.key(0),
+    )
     grads = jax.tree.map(lambda p: jnp.ones((4,) + p.shape), params)
     state = tx.init(params)
     step = jax.jit(lambda g, s, p: tx.update(g, s, p, mask=jnp.ones(4, bool)))
@@ -68,8 +73,13 @@ def test_dp_sgd_with_adam_is_one_line_and_jits():
 @pytest.mark.parametrize("sigma", [0.0, -0.5, math.nan, math.inf])
 def test_zero_or_bad_noise_is_refused_and_points_to_the_explicit_opt_out(sigma):
     with pytest.raises(ValueError, match=r"noise_multiplier="):
-        dpjax.dp_sgd(optax.sgd(0.1), l2_norm=1.0, noise_multiplier=sigma, expected_batch_size=4,
-                     key=jax.random.key(0))
+        dpjax.dp_sgd(
+            optax.sgd(0.1),
+            l2_norm=1.0,
+            noise_multiplier=sigma,
+            expected_batch_size=4,
+            key=jax.random.key(0),
+        )
 
 
 def test_zero_noise_message_names_the_not_private_opt_out():

@@ -30,7 +30,9 @@ def _tree(rows):
 
 
 def _flat(tree):
-    return np.concatenate([np.asarray(tree["a"]).ravel(), np.asarray(tree["b"]).ravel()]).astype(np.float64)
+    return np.concatenate([np.asarray(tree["a"]).ravel(), np.asarray(tree["b"]).ravel()]).astype(
+        np.float64
+    )
 
 
 def _bound(c, total):
@@ -57,7 +59,9 @@ def test_replacing_one_example_moves_sum_by_at_most_2c(rows, replacement, c):
 
 @given(rows=_rows, c=_clip)
 def test_every_clipped_example_has_norm_at_most_c(rows, c):
-    singles = jax.vmap(lambda t: dpjax.clip_and_sum(jax.tree.map(lambda x: x[None], t), c)[0])(_tree(rows))
+    singles = jax.vmap(lambda t: dpjax.clip_and_sum(jax.tree.map(lambda x: x[None], t), c)[0])(
+        _tree(rows)
+    )
     norms = np.asarray(dpjax.per_example_global_norms(singles))
     assert np.all(norms <= c * (1 + rtol_for(np.float32)))
 

@@ -11,7 +11,7 @@ import dpjax
 
 def _eager_loop(loss_fn, params, batch):
     n = jax.tree.leaves(batch)[0].shape[0]
-    rows = [jax.grad(loss_fn)(params, jax.tree.map(lambda x: x[i], batch)) for i in range(n)]
+    rows = [jax.grad(loss_fn)(params, jax.tree.map(lambda x, i=i: x[i], batch)) for i in range(n)]
     return jax.tree.map(lambda *r: jnp.stack(r), *rows)
 
 
@@ -66,7 +66,9 @@ def test_nnx_cnn_first_layer_matches_eager_loop_under_jit():
 
 def test_has_aux_returns_batched_aux():
     loss = lambda w, x: (jnp.sum(w * x), jnp.sum(x))  # noqa: E731
-    grads, aux = jax.jit(dpjax.per_example_grads(loss, has_aux=True))(jnp.ones(2), jnp.arange(6.0).reshape(3, 2))
+    grads, aux = jax.jit(dpjax.per_example_grads(loss, has_aux=True))(
+        jnp.ones(2), jnp.arange(6.0).reshape(3, 2)
+    )
     assert grads.shape == (3, 2) and aux.shape == (3,)
     np.testing.assert_allclose(aux, [1.0, 5.0, 9.0])
 

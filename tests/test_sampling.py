@@ -74,7 +74,10 @@ def test_number_of_compilations_over_100_steps_is_bounded():
         (dict(dataset_size=10, expected_batch_size=0, seed=0), "expected_batch_size=0"),
         (dict(dataset_size=10, expected_batch_size=20, seed=0), "exceeds dataset_size"),
         (dict(dataset_size=10, expected_batch_size=2, seed=-1), "seed=-1"),
-        (dict(dataset_size=10, expected_batch_size=2, seed=0, microbatch_size=0), "microbatch_size=0"),
+        (
+            dict(dataset_size=10, expected_batch_size=2, seed=0, microbatch_size=0),
+            "microbatch_size=0",
+        ),
     ],
 )
 def test_invalid_arguments_are_refused(kwargs, match):

@@ -1,0 +1,512 @@
+"""The whole private training job: data -> Poisson batches -> jitted DP step -> accountant.
+
+Host side: sampling, accounting, evaluation bookkeeping and logging. Device side:
+one jitted step (per-example gradients -> clip -> accumulate -> noise ->
+normalize -> optimizer) compiled once per padded batch shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import secrets
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from dpjax import _accounting, _aggregation, _datasets, _models, _sampling, _validation
+from dpjax._accumulation import accumulate_clipped_grads
+from dpjax._per_example import per_example_grads
+
+OPTIMIZERS = ("adam", "sgd", "momentum")
+NOT_PRIVATE = "NOT PRIVATE"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run (validated when built).
+
+    Attributes:
+      dataset: one of `dpjax.DATASET_NAMES`.
+      model: one of `dpjax.MODEL_NAMES`.
+      target_epsilon: the privacy budget; training stops before the step that
+        would exceed it. With `noise_multiplier=None`, sigma is calibrated so the
+        whole run spends (just under) this budget.
+      delta: the delta of (epsilon, delta)-DP; must be below 1/N.
+      noise_multiplier: sigma; None calibrates it from `target_epsilon`.
+      clip_norm: per-example clip norm C.
+      batch_size: EXPECTED batch size; the sampling rate is `batch_size / N`.
+      epochs: training length in epochs (steps = ceil(epochs * N / batch_size)).
+      steps: training length in steps (overrides `epochs`).
+      lr: learning rate.
+      optimizer: one of `OPTIMIZERS`.
+      seed: seeds the model init, the sampler and the noise (three independent
+        streams derived with `numpy.random.SeedSequence`). None (default) draws a
+        secret seed from the OS (`secrets`) and does not record it.
+      microbatch_size: physical batch; None lets the sampler choose.
+      eval_every: evaluate every this many steps (and at the end).
+      accountant: 'pld' or 'rdp'.
+      not_private: NOT PRIVATE baseline: no clipping, no noise, no accounting.
+    """
+
+    dataset: str = "digits"
+    model: str = "logreg"
+    target_epsilon: float | None = 3.0
+    delta: float = 1e-5
+    noise_multiplier: float | None = None
+    clip_norm: float = 1.0
+    batch_size: int = 256
+    epochs: float | None = 10.0
+    steps: int | None = None
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    seed: int | None = None
+    microbatch_size: int | None = None
+    eval_every: int = 50
+    accountant: str = "pld"
+    not_private: bool = False
+
+    def __post_init__(self):
+        if self.dataset not in _datasets.DATASET_NAMES:
+            raise ValueError(
+                f"dataset={self.dataset!r} is unknown; pass one of {', '.join(_datasets.DATASET_NAMES)}."
+            )
+        if self.model not in _models.MODEL_NAMES:
+            raise ValueError(
+                f"model={self.model!r} is unknown; pass one of {', '.join(_models.MODEL_NAMES)}."
+            )
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"optimizer={self.optimizer!r} is unknown; pass one of {', '.join(OPTIMIZERS)}."
+            )
+        _validation.check_positive_int(self.batch_size, "batch_size", "256")
+        _validation.check_positive_float(self.lr, "lr", "1e-3")
+        _validation.check_positive_int(self.eval_every, "eval_every", "50")
+        _validation.check_accountant(self.accountant)
+        if self.steps is not None:
+            _validation.check_positive_int(self.steps, "steps", "1000")
+        elif self.epochs is None:
+            raise ValueError("epochs=None and steps=None: pass one of them, e.g. epochs=10.")
+        else:
+            _validation.check_positive_float(self.epochs, "epochs", "10")
+        if self.microbatch_size is not None:
+            _validation.check_positive_int(self.microbatch_size, "microbatch_size", "64")
+        if self.seed is not None and (
+            isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0
+        ):
+            raise ValueError(
+                f"seed={self.seed!r} must be a non-negative integer; pass e.g. seed=0."
+            )
+        if self.not_private:
+            return
+        _validation.check_clip_norm(self.clip_norm, "clip_norm")
+        _validation.check_delta(self.delta)
+        if self.noise_multiplier is not None:
+            _validation.check_noise_multiplier(self.noise_multiplier)
+        if self.target_epsilon is None and self.noise_multiplier is None:
+            raise ValueError(
+                "target_epsilon=None and noise_multiplier=None: pass a budget (e.g. target_epsilon=3.0) "
+                "or a noise multiplier, or not_private=True for a NOT PRIVATE baseline."
+            )
+        if self.target_epsilon is not None:
+            _validation.check_target_epsilon(self.target_epsilon)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a run did and spent.
+
+    Attributes:
+      summary: the JSON summary (dataset, model, test_accuracy, epsilon, delta,
+        noise_multiplier, sampling_rate, steps, clip_norm, wall_seconds, ...).
+      params: the trained parameters.
+      history: one dict per evaluation (also written as JSON lines).
+    """
+
+    summary: dict[str, Any]
+    params: Any
+    history: list[dict[str, Any]]
+
+
+def _check_writable(path: str | os.PathLike | None, name: str) -> Path | None:
+    if path is None:
+        return None
+    p = Path(path)
+    parent = p.parent if str(p.parent) else Path(".")
+    if (
+        p.is_dir()
+        or not parent.is_dir()
+        or not os.access(parent, os.W_OK)
+        or (p.exists() and not os.access(p, os.W_OK))
+    ):
+        raise ValueError(
+            f"{name}={str(path)!r} is not a writable file path; pass a path in a writable folder."
+        )
+    return p
+
+
+def _make_optimizer(name: str, lr: float) -> optax.GradientTransformation:
+    if name == "adam":
+        return optax.adam(lr)
+    if name == "momentum":
+        return optax.sgd(lr, momentum=0.9)
+    return optax.sgd(lr)
+
+
+def _cross_entropy(apply, params, x, y):
+    logits = apply(params, x)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y)
+
+
+def _make_step(apply, tx, *, clip_norm, microbatch_size, expected_batch_size, not_private):
+    """Builds the jitted training step on the device-resident training set."""
+
+    def one_loss(params, example):
+        x, y = example
+        return _cross_entropy(apply, params, x[None], y[None])[0]
+
+    if not_private:
+
+        def grads_of(params, batch, mask):
+            def masked_sum(p):
+                losses = _cross_entropy(apply, p, *batch)
+                return jnp.sum(jnp.where(mask, losses, 0.0))
+
+            return jax.grad(masked_sum)(params)
+    else:
+        accumulate = accumulate_clipped_grads(
+            per_example_grads(one_loss), l2_norm=clip_norm, microbatch_size=microbatch_size
+        )
+
+        def grads_of(params, batch, mask):
+            return accumulate(params, batch, mask)[0]
+
+    @jax.jit
+    def step(params, opt_state, x_all, y_all, indices, mask):
+        batch = (x_all[indices], y_all[indices])
+        grads = grads_of(params, batch, mask)
+        if not_private:
+            grads = jax.tree.map(lambda g: g / expected_batch_size, grads)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    return step
+
+
+def _make_eval(apply, batch_size: int = 1000):
+    @jax.jit
+    def correct(params, x, y):
+        return jnp.sum(jnp.argmax(apply(params, x), axis=-1) == y), jnp.sum(
+            _cross_entropy(apply, params, x, y)
+        )
+
+    def evaluate(params, split) -> tuple[float, float]:
+        hits, total_loss = 0, 0.0
+        for i in range(0, len(split), batch_size):
+            h, loss = correct(params, split.x[i : i + batch_size], split.y[i : i + batch_size])
+            hits, total_loss = hits + int(h), total_loss + float(loss)
+        return hits / len(split), total_loss / len(split)
+
+    return evaluate
+
+
+def plan_run(config: TrainConfig, dataset_size: int) -> dict[str, Any]:
+    """Computes what a run will do and spend BEFORE it starts (host side).
+
+    Args:
+      config: the run's configuration.
+      dataset_size: N, the number of training examples.
+
+    Returns:
+      A dict with `sampling_rate`, `steps`, `noise_multiplier`, `planned_epsilon`
+      (epsilon after all planned steps; a budget may stop the run earlier),
+      `max_steps` (steps the budget allows at that sigma) and `steps_note`.
+
+    Raises:
+      ValueError: if delta >= 1/N, if the batch size exceeds N, or if the budget
+        is too small for a single step (the message gives the smallest reachable
+        epsilon).
+
+    **Privacy:** the plan is computed from public quantities only (N, q, sigma,
+    T, delta), never from the data.
+    """
+    if config.batch_size > dataset_size:
+        raise ValueError(
+            f"batch_size={config.batch_size} exceeds the training set size {dataset_size}; pass a smaller batch_size."
+        )
+    q = config.batch_size / dataset_size
+    if config.steps is not None:
+        steps, note = config.steps, f"{config.steps} steps as given"
+    else:
+        _, steps, note = _accounting.steps_from_epochs(
+            dataset_size, config.batch_size, config.epochs
+        )
+    plan = {"sampling_rate": q, "steps": steps, "steps_note": note}
+    if config.not_private:
+        return plan | {"noise_multiplier": 0.0, "planned_epsilon": math.inf, "max_steps": steps}
+    _validation.check_delta(config.delta, dataset_size)
+    sigma = config.noise_multiplier
+    if sigma is None:
+        sigma = _accounting.calibrate_noise_multiplier(
+            config.target_epsilon, q, steps, config.delta, accountant=config.accountant
+        )
+    max_steps = steps
+    if config.target_epsilon is not None:
+        max_steps = _accounting.max_steps(
+            sigma, q, config.delta, config.target_epsilon, accountant=config.accountant
+        )
+        if max_steps < 1:
+            smallest = _accounting.compute_epsilon(
+                sigma, 1, q, config.delta, accountant=config.accountant
+            )
+            raise ValueError(
+                f"target_epsilon={config.target_epsilon} is too small for even one step at "
+                f"noise_multiplier={sigma:.4g}, sampling_rate={q:.4g}: the smallest reachable epsilon is "
+                f"{smallest:.4g}. Raise target_epsilon, or raise noise_multiplier / lower batch_size."
+            )
+    run_steps = min(steps, max_steps)
+    eps = _accounting.compute_epsilon(
+        sigma, run_steps, q, config.delta, accountant=config.accountant
+    )
+    return plan | {"noise_multiplier": sigma, "planned_epsilon": eps, "max_steps": max_steps}
+
+
+def train(
+    config: TrainConfig,
+    *,
+    dataset: _datasets.Dataset | None = None,
+    model: _models.FunctionalModel | None = None,
+    json_out: str | os.PathLike | None = None,
+    log_path: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Trains a model with DP-SGD (or the NOT PRIVATE baseline) and reports what it spent.
+
+    Args:
+      config: the run, see :class:`TrainConfig`.
+      dataset: a loaded dataset; default `load_dataset(config.dataset, seed=config.seed)`.
+      model: a :class:`FunctionalModel`; default `make_model(config.model, ...)`.
+      json_out: where to write the JSON summary (checked for writability first).
+      log_path: where to write one JSON line per evaluation.
+      progress: show a tqdm progress bar with step, loss, accuracy and epsilon.
+
+    Returns:
+      A :class:`TrainResult`. Hyperparameters should be tuned on
+      `summary["validation_accuracy"]`, never on the test accuracy.
+
+    Raises:
+      ValueError: for an invalid configuration, an unwritable output path, a
+        model with BatchNorm, or a budget too small for one step.
+      KeyboardInterrupt: re-raised after the summary of what was spent so far
+        has been written.
+
+    Example:
+      >>> import dpjax
+      >>> cfg = dpjax.TrainConfig(dataset="digits", model="logreg", target_epsilon=1.0,
+      ...                         steps=3, batch_size=128, eval_every=3)
+      >>> result = dpjax.train(cfg, progress=False)
+      >>> result.summary["epsilon"] <= 1.0
+      True
+
+    **Privacy:** batches are Poisson-sampled with rate q = batch_size / N; each
+    step clips every example's gradient to `clip_norm`, sums, adds
+    N(0, (sigma * clip_norm)^2) noise once and divides by the expected batch
+    size; the accountant records every step before it runs, and the loop stops
+    before the step that would exceed `target_epsilon`. Only the parameters
+    carry the (epsilon, delta) guarantee: the training loss, validation and
+    test accuracy and the clipping counts are computed from the data without
+    noise and are for the data owner's eyes. Anyone who knows the seed can
+    regenerate the noise: an explicit `seed` must be kept as secret as the data
+    (the default draws an unrecorded one).
+
+    References:
+      Abadi et al., "Deep Learning with Differential Privacy", CCS 2016.
+      Tramer & Boneh, "Differentially Private Learning Needs Better Features
+      (or Much More Data)", ICLR 2021.
+    """
+    json_path = _check_writable(json_out, "json_out")
+    seed = config.seed if config.seed is not None else secrets.randbits(63)
+    model_seed, noise_seed, sampler_seed = (_derive_seed(seed, purpose) for purpose in range(3))
+    log_file = _check_writable(log_path, "log_path")
+    start = time.perf_counter()
+    data = (
+        dataset
+        if dataset is not None
+        else _datasets.load_dataset(config.dataset, seed=config.seed or 0)
+    )
+    n = len(data.train)
+    plan = plan_run(config, n)
+    q, sigma = plan["sampling_rate"], plan["noise_multiplier"]
+    if model is None:
+        model = _models.make_model(
+            config.model, data.input_shape, data.num_classes, seed=model_seed
+        )
+    if not config.not_private:
+        _models.check_no_batchnorm(model)
+
+    noise_key = jax.random.key(noise_seed)
+    sampler = _sampling.PoissonSampler(
+        n,
+        expected_batch_size=config.batch_size,
+        seed=sampler_seed,
+        microbatch_size=config.microbatch_size,
+    )
+    optimizer = _make_optimizer(config.optimizer, config.lr)
+    if config.not_private:
+        warnings.warn(
+            f"{NOT_PRIVATE}: training without clipping or noise.", _aggregation.NotPrivateWarning, 2
+        )
+        tx = optimizer
+        tracker = None
+    else:
+        tx = optax.chain(
+            _aggregation.noisy_mean(config.clip_norm, sigma, config.batch_size, noise_key),
+            optimizer,
+        )
+        tracker = _accounting.PrivacyTracker(
+            config.target_epsilon if config.target_epsilon is not None else math.inf,
+            config.delta,
+            q,
+            accountant=config.accountant,
+            dataset_size=n,
+        )
+    step_fn = _make_step(
+        model.apply,
+        tx,
+        clip_norm=config.clip_norm,
+        microbatch_size=sampler.microbatch_size,
+        expected_batch_size=config.batch_size,
+        not_private=config.not_private,
+    )
+    evaluate = _make_eval(model.apply)
+    params = model.params
+    opt_state = tx.init(params)
+    x_all, y_all = jnp.asarray(data.train.x), jnp.asarray(data.train.y)
+
+    history: list[dict[str, Any]] = []
+    steps_done, stop_reason, interrupted = 0, "completed", False
+    label = "NOT PRIVATE" if config.not_private else "DP-SGD"
+    bar = _progress(plan["steps"], label, progress)
+
+    def epsilon_now() -> float:
+        return math.inf if tracker is None else tracker.epsilon_spent()
+
+    def record_eval() -> dict[str, Any]:
+        val_acc, val_loss = evaluate(params, data.validation)
+        entry = {
+            "step": steps_done,
+            "epsilon": epsilon_now(),
+            "validation_accuracy": val_acc,
+            "validation_loss": val_loss,
+            "elapsed_seconds": time.perf_counter() - start,
+        }
+        history.append(entry)
+        if log_file is not None:
+            with open(log_file, "a") as f:
+                f.write(json.dumps(_finite_or_none(entry)) + "\n")
+        if bar is not None:
+            bar.set_postfix(
+                step=steps_done,
+                val_loss=f"{val_loss:.3f}",
+                val_acc=f"{val_acc:.3f}",
+                eps=f"{entry['epsilon']:.3f}" if tracker else NOT_PRIVATE,
+            )
+        return entry
+
+    try:
+        for t in range(plan["steps"]):
+            if tracker is not None:
+                if not tracker.can_step(sigma):
+                    stop_reason = "budget"
+                    break
+                tracker.record_step(sigma)  # account BEFORE the data is touched
+            batch = sampler.sample(t)
+            params, opt_state = step_fn(params, opt_state, x_all, y_all, batch.indices, batch.mask)
+            steps_done = t + 1
+            if bar is not None:
+                bar.update(1)
+            if steps_done % config.eval_every == 0:
+                record_eval()
+    except KeyboardInterrupt:
+        interrupted, stop_reason = True, "interrupted"
+    finally:
+        if bar is not None:
+            bar.close()
+
+    if not interrupted and (not history or history[-1]["step"] != steps_done):
+        record_eval()
+    test_acc, test_loss = evaluate(params, data.test) if not interrupted else (math.nan, math.nan)
+    summary = {
+        "private": not config.not_private,
+        "label": label,
+        "dataset": data.name,
+        "synthetic_data": data.synthetic,
+        "model": config.model,
+        "test_accuracy": test_acc,
+        "test_loss": test_loss,
+        "validation_accuracy": history[-1]["validation_accuracy"] if history else math.nan,
+        "epsilon": epsilon_now(),
+        "target_epsilon": None if config.not_private else config.target_epsilon,
+        "delta": None if config.not_private else config.delta,
+        "noise_multiplier": sigma,
+        "sampling_rate": q,
+        "steps": steps_done,
+        "planned_steps": plan["steps"],
+        "steps_note": plan["steps_note"],
+        "stop_reason": stop_reason,
+        "clip_norm": None if config.not_private else config.clip_norm,
+        "batch_size": config.batch_size,
+        "microbatch_size": sampler.microbatch_size,
+        "dataset_size": n,
+        "accountant": None if config.not_private else config.accountant,
+        "optimizer": config.optimizer,
+        "lr": config.lr,
+        "epochs": config.epochs,
+        "seed": "secret (drawn from the OS, not recorded)" if config.seed is None else config.seed,
+        "wall_seconds": time.perf_counter() - start,
+        "device": jax.devices()[0].device_kind,
+        "accounting_state": None if tracker is None else tracker.state_dict(),
+    }
+    if json_path is not None:
+        json_path.write_text(json.dumps(_finite_or_none(summary), indent=2) + "\n")
+    if interrupted:
+        raise KeyboardInterrupt(
+            f"interrupted after {steps_done} steps; epsilon spent {summary['epsilon']:.4g}"
+        )
+    return TrainResult(summary=summary, params=params, history=history)
+
+
+def _derive_seed(seed: int, purpose: int) -> int:
+    """An independent 63-bit seed per purpose (model init, noise, sampling)."""
+    return int(
+        np.random.SeedSequence([seed, purpose]).generate_state(1, np.uint64)[0] >> np.uint64(1)
+    )
+
+
+def _finite_or_none(value):
+    """Strict JSON: NaN/inf become null (a NOT PRIVATE run has no epsilon)."""
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_none(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _progress(total: int, label: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=label, unit="step", dynamic_ncols=True, leave=False)

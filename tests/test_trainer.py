@@ -1,0 +1,197 @@
+"""The end-to-end trainer: budget stop, refusals, labels, logs, interruption."""
+
+import json
+import math
+
+import flax.nnx as nnx
+import jax
+import numpy as np
+import pytest
+
+import dpjax
+from dpjax import _trainer
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return dpjax.load_dataset("digits", seed=0)
+
+
+def _cfg(**kw):
+    base = dict(
+        dataset="digits", model="logreg", batch_size=128, steps=6, lr=0.05, eval_every=3, seed=0
+    )
+    return dpjax.TrainConfig(**(base | kw))
+
+
+def test_private_run_reports_the_summary_fields_and_spends_at_most_the_target(digits, tmp_path):
+    out, log = tmp_path / "summary.json", tmp_path / "log.jsonl"
+    result = dpjax.train(
+        _cfg(target_epsilon=2.0), dataset=digits, json_out=out, log_path=log, progress=False
+    )
+    summary = json.loads(out.read_text())
+    for field in (
+        "dataset",
+        "model",
+        "test_accuracy",
+        "epsilon",
+        "delta",
+        "noise_multiplier",
+        "sampling_rate",
+        "steps",
+        "clip_norm",
+        "wall_seconds",
+    ):
+        assert field in summary, field
+    assert summary["private"] is True and summary["epsilon"] <= 2.0
+    assert summary["sampling_rate"] == pytest.approx(128 / len(digits.train))
+    # Calibrated sigma spends (just under) the whole budget over the planned steps.
+    assert summary["epsilon"] >= 2.0 * 0.99
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    assert [x["step"] for x in lines] == [3, 6]
+    assert result.history[-1]["validation_accuracy"] == summary["validation_accuracy"]
+
+
+def test_trainer_stops_exactly_before_the_step_that_would_exceed_the_budget(digits):
+    sigma, q, delta, target = 1.5, 128 / len(digits.train), 1e-5, 1.5
+    allowed = dpjax.max_steps(sigma, q, delta, target)
+    assert 1 <= allowed < 50
+    result = dpjax.train(
+        _cfg(target_epsilon=target, noise_multiplier=sigma, steps=50, eval_every=100),
+        dataset=digits,
+        progress=False,
+    )
+    assert result.summary["steps"] == allowed
+    assert result.summary["stop_reason"] == "budget"
+    assert result.summary["epsilon"] <= target
+    assert dpjax.compute_epsilon(sigma, allowed + 1, q, delta) > target
+
+
+def test_target_too_small_for_one_step_reports_the_smallest_reachable_epsilon(digits):
+    with pytest.raises(
+        ValueError, match=r"too small for even one step.*smallest reachable epsilon"
+    ):
+        dpjax.train(_cfg(target_epsilon=1e-3, noise_multiplier=0.5), dataset=digits, progress=False)
+
+
+def test_microbatching_does_not_change_the_result(digits):
+    a = dpjax.train(_cfg(target_epsilon=3.0), dataset=digits, progress=False)
+    b = dpjax.train(_cfg(target_epsilon=3.0, microbatch_size=16), dataset=digits, progress=False)
+    assert b.summary["microbatch_size"] == 16
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
+        np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5)
+
+
+def test_same_seed_reproduces_a_run_exactly(digits):
+    a = dpjax.train(_cfg(), dataset=digits, progress=False)
+    b = dpjax.train(_cfg(), dataset=digits, progress=False)
+    c = dpjax.train(_cfg(seed=1), dataset=digits, progress=False)
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert not np.allclose(jax.tree.leaves(a.params)[0], jax.tree.leaves(c.params)[0])
+
+
+@pytest.mark.parametrize("model", ["mlp", "linen-mlp"])
+def test_nnx_and_linen_models_both_learn(digits, model):
+    result = dpjax.train(
+        _cfg(model=model, steps=40, lr=0.01, target_epsilon=8.0, eval_every=40),
+        dataset=digits,
+        progress=False,
+    )
+    assert result.summary["test_accuracy"] > 0.5  # chance is 0.1
+
+
+class _WithBatchNorm(nnx.Module):
+    def __init__(self, rngs):
+        self.dense = nnx.Linear(64, 10, rngs=rngs)
+        self.norm = nnx.BatchNorm(10, rngs=rngs)
+
+    def __call__(self, x):
+        return self.norm(self.dense(x.reshape(x.shape[0], -1)))
+
+
+def test_batchnorm_model_is_refused_naming_the_layer(digits):
+    with pytest.raises(ValueError, match=r"norm.*BatchNorm"):
+        model = dpjax.functional(_WithBatchNorm(nnx.Rngs(0)))
+        dpjax.train(_cfg(), dataset=digits, model=model, progress=False)
+
+
+def test_not_private_baseline_is_labelled_everywhere(digits, tmp_path):
+    out = tmp_path / "s.json"
+    with pytest.warns(dpjax.NotPrivateWarning, match="NOT PRIVATE"):
+        result = dpjax.train(_cfg(not_private=True), dataset=digits, json_out=out, progress=False)
+    summary = json.loads(out.read_text())
+    assert summary["label"] == "NOT PRIVATE" and summary["private"] is False
+    assert summary["epsilon"] is None and math.isinf(result.summary["epsilon"])
+
+
+def test_unwritable_json_out_fails_before_any_training(monkeypatch, tmp_path):
+    def boom(*a, **k):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(_trainer._datasets, "load_dataset", boom)
+    with pytest.raises(ValueError, match="json_out="):
+        dpjax.train(_cfg(), json_out=tmp_path / "missing-dir" / "s.json", progress=False)
+
+
+def test_ctrl_c_still_writes_what_was_spent(digits, tmp_path, monkeypatch):
+    real_sample = dpjax.PoissonSampler.sample
+
+    def interrupt_at_3(self, step):
+        if step == 3:
+            raise KeyboardInterrupt
+        return real_sample(self, step)
+
+    monkeypatch.setattr(dpjax.PoissonSampler, "sample", interrupt_at_3)
+    out = tmp_path / "s.json"
+    with pytest.raises(KeyboardInterrupt):
+        dpjax.train(_cfg(steps=10), dataset=digits, json_out=out, progress=False)
+    summary = json.loads(out.read_text())
+    assert summary["stop_reason"] == "interrupted" and summary["steps"] == 3
+    # The 4th step was accounted before its data was touched: never under-report.
+    q = 128 / len(digits.train)
+    assert summary["epsilon"] >= dpjax.compute_epsilon(summary["noise_multiplier"], 3, q, 1e-5)
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(dataset="mnist"), r"dataset='mnist'.*digits, fashion-mnist, synthetic"),
+        (dict(model="resnet"), r"model='resnet'.*logreg"),
+        (dict(optimizer="lion"), r"optimizer='lion'"),
+        (dict(clip_norm=0.0), r"clip_norm=0.0"),
+        (dict(noise_multiplier=0.0), r"noise_multiplier=0.0.*NOT PRIVATE"),
+        (dict(delta=1.0), r"delta=1.0"),
+        (dict(target_epsilon=None, noise_multiplier=None), r"target_epsilon=None"),
+    ],
+)
+def test_bad_configuration_is_refused_when_built(kw, match):
+    with pytest.raises(ValueError, match=match):
+        _cfg(**kw)
+
+
+def test_delta_not_below_one_over_n_is_refused(digits):
+    with pytest.raises(ValueError, match=r"delta=0.01 is not below 1/N"):
+        dpjax.train(_cfg(delta=1e-2), dataset=digits, progress=False)
+
+
+def test_default_seed_is_secret_and_unrecorded(digits):
+    a = dpjax.train(
+        dpjax.TrainConfig(dataset="digits", steps=2, batch_size=128, eval_every=2),
+        dataset=digits,
+        progress=False,
+    )
+    b = dpjax.train(
+        dpjax.TrainConfig(dataset="digits", steps=2, batch_size=128, eval_every=2),
+        dataset=digits,
+        progress=False,
+    )
+    assert "secret" in a.summary["seed"]
+    assert not np.allclose(jax.tree.leaves(a.params)[0], jax.tree.leaves(b.params)[0])
+
+
+def test_model_noise_and_sampler_seeds_are_independent_streams():
+    seeds = {_trainer._derive_seed(0, p) for p in range(3)} | {
+        _trainer._derive_seed(1, p) for p in range(3)
+    }
+    assert len(seeds) == 6 and all(0 <= s < 2**63 for s in seeds)
