@@ -117,6 +117,9 @@ def _add_train_parser(subparsers: Any) -> None:
     parser.add_argument("--accountant", choices=("pld", "rdp"), default="pld")
     parser.add_argument("--json-out", help="write the JSON summary here")
     parser.add_argument("--log", help="write one JSON line per evaluation here")
+    parser.add_argument(
+        "--checkpoint", help="checkpoint file (.npz); if it exists the run resumes from it"
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument(
         "--not-private",
@@ -149,7 +152,11 @@ def _run_train(args: argparse.Namespace) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotPrivateWarning)  # the label is printed below instead
             result = train(
-                config, json_out=args.json_out, log_path=args.log, progress=not args.no_progress
+                config,
+                json_out=args.json_out,
+                log_path=args.log,
+                checkpoint=args.checkpoint,
+                progress=not args.no_progress,
             )
     except KeyboardInterrupt as interrupt:
         print(f"dpjax: interrupted: {interrupt}", file=sys.stderr)

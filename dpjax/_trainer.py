@@ -22,7 +22,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dpjax import _accounting, _aggregation, _datasets, _models, _sampling, _validation
+from dpjax import (
+    _accounting,
+    _aggregation,
+    _checkpoint,
+    _datasets,
+    _models,
+    _sampling,
+    _validation,
+)
 from dpjax._accumulation import accumulate_clipped_grads
 from dpjax._per_example import per_example_grads
 
@@ -286,6 +294,8 @@ def train(
     model: _models.FunctionalModel | None = None,
     json_out: str | os.PathLike | None = None,
     log_path: str | os.PathLike | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 100,
     progress: bool = True,
 ) -> TrainResult:
     """Trains a model with DP-SGD (or the NOT PRIVATE baseline) and reports what it spent.
@@ -296,6 +306,12 @@ def train(
       model: a :class:`FunctionalModel`; default `make_model(config.model, ...)`.
       json_out: where to write the JSON summary (checked for writability first).
       log_path: where to write one JSON line per evaluation.
+      checkpoint: a `.npz` file. If it exists, the run RESUMES from it: the
+        parameters, optimizer and noise state, the step, the seeds and the
+        privacy account are restored, so the budget continues and no noise key
+        or batch is replayed. It is (re)written every `checkpoint_every` steps,
+        at the end, and on Ctrl-C.
+      checkpoint_every: steps between checkpoints.
       progress: show a tqdm progress bar with step, loss, accuracy and epsilon.
 
     Returns:
@@ -319,7 +335,8 @@ def train(
     **Privacy:** batches are Poisson-sampled with rate q = batch_size / N; each
     step clips every example's gradient to `clip_norm`, sums, adds
     N(0, (sigma * clip_norm)^2) noise once and divides by the expected batch
-    size; the accountant records every step before it runs, and the loop stops
+    size; the accountant records every step before its result leaves the step
+    (an interrupted step's output is discarded), and the loop stops
     before the step that would exceed `target_epsilon`. Only the parameters
     carry the (epsilon, delta) guarantee: the training loss, validation and
     test accuracy and the clipping counts are computed from the data without
@@ -333,7 +350,11 @@ def train(
       (or Much More Data)", ICLR 2021.
     """
     json_path = _check_writable(json_out, "json_out")
-    seed = config.seed if config.seed is not None else secrets.randbits(63)
+    ckpt_path = _check_writable(checkpoint, "checkpoint")
+    _validation.check_positive_int(checkpoint_every, "checkpoint_every", "100")
+    resume = _read_resume_metadata(ckpt_path, config)
+    seed = resume["seed"] if resume else config.seed
+    seed = seed if seed is not None else secrets.randbits(63)
     model_seed, noise_seed, sampler_seed = (_derive_seed(seed, purpose) for purpose in range(3))
     log_file = _check_writable(log_path, "log_path")
     start = time.perf_counter()
@@ -378,6 +399,9 @@ def train(
             accountant=config.accountant,
             dataset_size=n,
         )
+        if resume:
+            state = dict(resume["accounting"], target_epsilon=tracker.target_epsilon)
+            tracker = _accounting.PrivacyTracker.from_state_dict(state)
     step_fn = _make_step(
         model.apply,
         tx,
@@ -389,12 +413,29 @@ def train(
     evaluate = _make_eval(model.apply)
     params = model.params
     opt_state = tx.init(params)
+    steps_done = 0
+    if resume:
+        (params, opt_state), _ = _checkpoint.load_checkpoint(ckpt_path, (params, opt_state))
+        steps_done = resume["step"]
     x_all, y_all = jnp.asarray(data.train.x), jnp.asarray(data.train.y)
 
+    def save():
+        if ckpt_path is not None:
+            meta = {
+                "version": 1,
+                "step": steps_done,
+                "seed": seed,
+                "fingerprint": _fingerprint(config),
+                "accounting": None if tracker is None else tracker.state_dict(),
+            }
+            _checkpoint.save_checkpoint(ckpt_path, (params, opt_state), meta)
+
     history: list[dict[str, Any]] = []
-    steps_done, stop_reason, interrupted = 0, "completed", False
+    stop_reason, interrupted = "completed", False
     label = "NOT PRIVATE" if config.not_private else "DP-SGD"
     bar = _progress(plan["steps"], label, progress)
+    if bar is not None and steps_done:
+        bar.update(steps_done)
 
     def epsilon_now() -> float:
         return math.inf if tracker is None else tracker.epsilon_spent()
@@ -422,24 +463,31 @@ def train(
         return entry
 
     try:
-        for t in range(plan["steps"]):
-            if tracker is not None:
-                if not tracker.can_step(sigma):
-                    stop_reason = "budget"
-                    break
-                tracker.record_step(sigma)  # account BEFORE the data is touched
+        for t in range(steps_done, plan["steps"]):
+            if tracker is not None and not tracker.can_step(sigma):
+                stop_reason = "budget"
+                break
             batch = sampler.sample(t)
-            params, opt_state = step_fn(params, opt_state, x_all, y_all, batch.indices, batch.mask)
+            new_state = step_fn(params, opt_state, x_all, y_all, batch.indices, batch.mask)
+            # Account before the new parameters exist outside the step: an interruption before
+            # this line discards the step's output (nothing released); after it, at worst one
+            # step is over-counted.
+            if tracker is not None:
+                tracker.record_step(sigma)
+            params, opt_state = new_state
             steps_done = t + 1
             if bar is not None:
                 bar.update(1)
             if steps_done % config.eval_every == 0:
                 record_eval()
+            if steps_done % checkpoint_every == 0:
+                save()
     except KeyboardInterrupt:
         interrupted, stop_reason = True, "interrupted"
     finally:
         if bar is not None:
             bar.close()
+    save()
 
     if not interrupted and (not history or history[-1]["step"] != steps_done):
         record_eval()
@@ -482,6 +530,48 @@ def train(
             f"interrupted after {steps_done} steps; epsilon spent {summary['epsilon']:.4g}"
         )
     return TrainResult(summary=summary, params=params, history=history)
+
+
+_FINGERPRINT_FIELDS = (
+    "dataset",
+    "model",
+    "delta",
+    "clip_norm",
+    "batch_size",
+    "optimizer",
+    "lr",
+    "microbatch_size",
+    "accountant",
+    "not_private",
+)
+
+
+def _fingerprint(config: TrainConfig) -> dict[str, Any]:
+    return {name: getattr(config, name) for name in _FINGERPRINT_FIELDS}
+
+
+def _read_resume_metadata(path: Path | None, config: TrainConfig) -> dict[str, Any] | None:
+    """The checkpoint's metadata if `path` exists; refuses one from a different run."""
+    if path is None or not path.exists():
+        return None
+    with np.load(path, allow_pickle=False) as data:
+        meta = json.loads(data[_checkpoint.META_KEY].tobytes().decode())
+    want = _fingerprint(config)
+    changed = {
+        k: (meta["fingerprint"].get(k), v)
+        for k, v in want.items()
+        if meta["fingerprint"].get(k) != v
+    }
+    if changed:
+        raise ValueError(
+            f"checkpoint={str(path)!r} was written by a different run; changed settings "
+            f"(saved, now): {changed}. Resume with the same settings or pass a new checkpoint path."
+        )
+    if config.seed is not None and config.seed != meta["seed"]:
+        raise ValueError(
+            f"seed={config.seed} differs from the checkpoint's seed; resume with the same seed (or none)."
+        )
+    return meta
 
 
 def _derive_seed(seed: int, purpose: int) -> int:
