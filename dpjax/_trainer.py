@@ -302,7 +302,8 @@ def train(
 
     Args:
       config: the run, see :class:`TrainConfig`.
-      dataset: a loaded dataset; default `load_dataset(config.dataset, seed=config.seed)`.
+      dataset: a loaded dataset; default `load_dataset(config.dataset, seed=0)` (the
+        split is fixed and public; the run's seed never changes it).
       model: a :class:`FunctionalModel`; default `make_model(config.model, ...)`.
       json_out: where to write the JSON summary (checked for writability first).
       log_path: where to write one JSON line per evaluation.
@@ -361,7 +362,7 @@ def train(
     data = (
         dataset
         if dataset is not None
-        else _datasets.load_dataset(config.dataset, seed=config.seed or 0)
+        else _datasets.load_dataset(config.dataset, seed=0)
     )
     n = len(data.train)
     plan = plan_run(config, n)
