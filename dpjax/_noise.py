@@ -66,7 +66,8 @@ def add_gaussian_noise(stddev: float, key: jax.Array) -> optax.GradientTransform
 
     def init_fn(params: PyTree) -> GaussianNoiseState:
         del params
-        return GaussianNoiseState(count=jnp.zeros((), jnp.int32), key=key)
+        # A copy, so that donating one state to `jax.jit` cannot delete the key of the next init.
+        return GaussianNoiseState(count=jnp.zeros((), jnp.int32), key=jnp.array(key, copy=True))
 
     def update_fn(updates, state, params=None):
         del params

@@ -87,3 +87,11 @@ def test_legacy_uint32_key_is_accepted():
     tx = dpjax.add_gaussian_noise(1.0, key=jax.random.PRNGKey(0))
     out, _ = tx.update(jnp.zeros(3), tx.init(None))
     assert np.all(np.asarray(out) != 0)
+
+
+def test_donating_the_state_does_not_break_the_next_init():
+    tx = dpjax.add_gaussian_noise(1.0, key=jax.random.key(0))
+    update = jax.jit(tx.update, donate_argnums=1)
+    first, _ = update(jnp.zeros(4), tx.init(None))
+    again, _ = update(jnp.zeros(4), tx.init(None))  # the first state's buffers were donated
+    np.testing.assert_array_equal(first, again)
