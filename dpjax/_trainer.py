@@ -35,6 +35,19 @@ from dpjax._accumulation import accumulate_clipped_grads
 from dpjax._per_example import per_example_grads
 
 OPTIMIZERS = ("adam", "sgd", "momentum")
+SUMMARY_FIELDS = (
+    "dataset",
+    "model",
+    "test_accuracy",
+    "epsilon",
+    "delta",
+    "noise_multiplier",
+    "sampling_rate",
+    "steps",
+    "clip_norm",
+    "wall_seconds",
+)
+"""Fields every JSON summary has (among others)."""
 NOT_PRIVATE = "NOT PRIVATE"
 
 
@@ -359,11 +372,7 @@ def train(
     model_seed, noise_seed, sampler_seed = (_derive_seed(seed, purpose) for purpose in range(3))
     log_file = _check_writable(log_path, "log_path")
     start = time.perf_counter()
-    data = (
-        dataset
-        if dataset is not None
-        else _datasets.load_dataset(config.dataset, seed=0)
-    )
+    data = dataset if dataset is not None else _datasets.load_dataset(config.dataset, seed=0)
     n = len(data.train)
     plan = plan_run(config, n)
     q, sigma = plan["sampling_rate"], plan["noise_multiplier"]
