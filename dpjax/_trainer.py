@@ -390,6 +390,8 @@ def train(
         seed=sampler_seed,
         microbatch_size=config.microbatch_size,
     )
+    if sampler.sampling_rate != q:  # the accountant must be told the rate the sampler uses
+        raise AssertionError(f"sampler rate {sampler.sampling_rate} != accounted rate {q}")
     optimizer = _make_optimizer(config.optimizer, config.lr)
     if config.not_private:
         warnings.warn(
