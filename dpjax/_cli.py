@@ -93,27 +93,47 @@ def _add_train_parser(subparsers: Any) -> None:
         description="Private training end to end: Poisson batches, per-example clipping, Gaussian "
         "noise, accounting; prints test accuracy and the epsilon spent. " + _PRIVACY_NOTE,
     )
-    parser.add_argument("--dataset", default="digits", help=f"one of {', '.join(DATASET_NAMES)}")
-    parser.add_argument("--model", default="logreg", help=f"one of {', '.join(MODEL_NAMES)}")
+    d = TrainConfig()  # the CLI's defaults are the trainer's
+    parser.add_argument("--dataset", default=d.dataset, help=f"one of {', '.join(DATASET_NAMES)}")
+    parser.add_argument("--model", default=d.model, help=f"one of {', '.join(MODEL_NAMES)}")
     parser.add_argument(
-        "--target-epsilon", type=float, default=3.0, help="privacy budget (default 3)"
+        "--target-epsilon",
+        type=float,
+        default=d.target_epsilon,
+        help="privacy budget (default %(default)s)",
     )
-    parser.add_argument("--delta", type=float, default=1e-5, help="delta, below 1/N (default 1e-5)")
+    parser.add_argument(
+        "--delta", type=float, default=d.delta, help="delta, below 1/N (default %(default)s)"
+    )
     parser.add_argument(
         "--noise-multiplier", type=float, help="sigma (default: calibrated from --target-epsilon)"
     )
-    parser.add_argument("--clip-norm", type=float, default=1.0, help="per-example clip norm C")
-    parser.add_argument("--batch-size", type=int, default=256, help="EXPECTED batch size (q = B/N)")
+    parser.add_argument(
+        "--clip-norm",
+        type=float,
+        default=d.clip_norm,
+        help="per-example clip norm C (default %(default)s)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=d.batch_size,
+        help="EXPECTED batch size, q = B/N (default %(default)s)",
+    )
     length = parser.add_mutually_exclusive_group()
-    length.add_argument("--epochs", type=float, default=None, help="epochs (default 30)")
+    length.add_argument("--epochs", type=float, default=None, help=f"epochs (default {d.epochs:g})")
     length.add_argument("--steps", type=int, help="steps (instead of --epochs)")
-    parser.add_argument("--lr", type=float, default=0.05, help="learning rate")
-    parser.add_argument("--optimizer", default="adam", help=f"one of {', '.join(OPTIMIZERS)}")
+    parser.add_argument(
+        "--lr", type=float, default=d.lr, help="learning rate (default %(default)s)"
+    )
+    parser.add_argument("--optimizer", default=d.optimizer, help=f"one of {', '.join(OPTIMIZERS)}")
     parser.add_argument("--microbatch-size", type=int, help="physical batch (default: automatic)")
     parser.add_argument(
         "--seed", type=int, help="seed (default: a secret one; a known seed reveals the noise)"
     )
-    parser.add_argument("--eval-every", type=int, default=50, help="evaluate every N steps")
+    parser.add_argument(
+        "--eval-every", type=int, default=d.eval_every, help="evaluate every N steps"
+    )
     parser.add_argument("--accountant", choices=("pld", "rdp"), default="pld")
     parser.add_argument("--json-out", help="write the JSON summary here")
     parser.add_argument("--log", help="write one JSON line per evaluation here")
@@ -138,7 +158,9 @@ def _run_train(args: argparse.Namespace) -> int:
         noise_multiplier=args.noise_multiplier,
         clip_norm=args.clip_norm,
         batch_size=args.batch_size,
-        epochs=args.epochs if args.epochs is not None or args.steps is not None else 30.0,
+        epochs=args.epochs
+        if args.epochs is not None or args.steps is not None
+        else TrainConfig.epochs,
         steps=args.steps,
         lr=args.lr,
         optimizer=args.optimizer,
