@@ -859,7 +859,7 @@ class PrivacyTracker:
                 entries.append({"kind": "event", "label": e[1], "event": _event_to_json(e[2])})
         return {
             "version": 1,
-            "target_epsilon": self._target,
+            "target_epsilon": None if self._target == math.inf else self._target,  # strict JSON
             "delta": self._delta,
             "sampling_rate": self._q,
             "accountant": self._accountant,
@@ -888,7 +888,7 @@ class PrivacyTracker:
     @classmethod
     def _from_state(cls, state: dict[str, Any]) -> PrivacyTracker:
         tracker = cls(
-            state["target_epsilon"],
+            math.inf if state["target_epsilon"] is None else state["target_epsilon"],
             state["delta"],
             state["sampling_rate"],
             accountant=state["accountant"],

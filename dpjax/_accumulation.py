@@ -66,20 +66,28 @@ def accumulate_clipped_grads(
                 f"(dpjax.PoissonSampler does) or pick a divisor. Batch shapes: "
                 f"{jax.tree.map(jnp.shape, batch)}"
             )
+        mask = jnp.ones((b,), bool) if mask is None else jnp.asarray(mask)
+        if mask.shape != (b,):
+            raise ValueError(
+                f"mask has shape {mask.shape} but the batch has {b} rows; pass a boolean mask of "
+                f"shape ({b},). Batch shapes: {jax.tree.map(jnp.shape, batch)}"
+            )
         k = b // m
         if k == 1:  # no loop: XLA's CPU backend runs convolutions inside loops several times slower
-            return _clipping.clip_and_sum(grads_fn(params, batch), c, mask)
+            return _clipping.clip_and_sum_unchecked(grads_fn(params, batch), c, mask)
         split = jax.tree.map(lambda x: x.reshape((k, m) + x.shape[1:]), (batch, jnp.asarray(mask)))
 
         def body(acc, xs):
             micro, micro_mask = xs
-            summed, stats = _clipping.clip_and_sum(grads_fn(params, micro), c, micro_mask)
+            summed, stats = _clipping.clip_and_sum_unchecked(grads_fn(params, micro), c, micro_mask)
             return jax.tree.map(jnp.add, acc, (summed, stats)), None
 
         one = jax.tree.map(lambda x: x[0], split)
         zeros = jax.tree.map(
             jnp.zeros_like,
-            jax.eval_shape(lambda: _clipping.clip_and_sum(grads_fn(params, one[0]), c, one[1])),
+            jax.eval_shape(
+                lambda: _clipping.clip_and_sum_unchecked(grads_fn(params, one[0]), c, one[1])
+            ),
         )
         (summed, stats), _ = jax.lax.scan(body, zeros, split)
         return summed, stats

@@ -202,7 +202,7 @@ def non_private_aggregate(expected_batch_size: float) -> optax.GradientTransform
 
     def update_fn(updates, state, params=None, *, mask=None, **extra_args):
         del params, extra_args
-        summed, _ = _clipping.clip_and_sum(updates, float("inf"), mask)
+        summed, _ = _clipping.clip_and_sum_unchecked(updates, float("inf"), mask)
         return scale.update(summed, state)[0], state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -203,6 +203,9 @@ def _run_train(args: argparse.Namespace) -> int:
         )
         if s["stop_reason"] == "budget":
             print(f"stopped before step {s['steps'] + 1}: it would have exceeded the budget")
+    print(
+        "(accuracies are computed from the data without noise: for the data owner, not for release)"
+    )
     print(f"{s['steps_note'].rstrip('.')}; wall time {s['wall_seconds']:.1f} s on {s['device']}")
     if args.json_out:
         print(f"summary written to {args.json_out}")

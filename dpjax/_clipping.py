@@ -64,12 +64,14 @@ def clip_and_sum(
     """Clips each example's gradient to L2 norm <= `l2_norm` and sums over examples.
 
     Row i is scaled by `min(1, l2_norm / ||g_i||)`. Rows with `mask[i] == False`
-    (padding) and rows whose gradient is not finite contribute exactly zero (they
-    are selected out with `where`, so a NaN never reaches the sum).
+    (padding) and rows whose gradient is not finite (or whose squared norm
+    overflows float32) contribute exactly zero: they are selected out with
+    `where`, so a NaN never reaches the sum. The sum is returned in at least
+    float32, whatever the gradients' dtype.
 
     Args:
       grads: per-example gradients, every leaf with leading axis B.
-      l2_norm: the clip norm C (validated by the callers that build transforms).
+      l2_norm: the clip norm C, finite and >= 1e-6 (a Python number).
       mask: optional boolean `(B,)`; False marks padded rows.
 
     Returns:
@@ -77,12 +79,26 @@ def clip_and_sum(
       and :class:`ClipStats`.
 
     Raises:
-      ValueError: at trace time, if leading axes disagree or `mask` is not `(B,)`.
+      ValueError: if `l2_norm` is invalid; at trace time, if leading axes
+        disagree or `mask` is not `(B,)`.
+
+    Example:
+      >>> import jax.numpy as jnp, dpjax
+      >>> s, stats = dpjax.clip_and_sum(jnp.array([[3.0, 4.0], [jnp.nan, 0.0]]), 1.0)
+      >>> [round(float(v), 2) for v in s], int(stats.num_nonfinite)
+      ([0.6, 0.8], 1)
 
     **Privacy:** adding, removing or replacing one example changes `summed` by
     at most C (2C for replacement) in L2 norm, whatever its gradient (including
     NaN/inf): this is the sensitivity the Gaussian noise is calibrated to.
     """
+    return clip_and_sum_unchecked(grads, _validation.check_clip_norm(l2_norm), mask)
+
+
+def clip_and_sum_unchecked(
+    grads: PyTree, l2_norm: float, mask: jax.typing.ArrayLike | None
+) -> tuple[PyTree, ClipStats]:
+    """:func:`clip_and_sum` without validating `l2_norm` (inf allowed: NOT PRIVATE callers)."""
     b = _per_example.batch_size(grads)
     norms = per_example_global_norms(grads)
     keep = jnp.isfinite(norms)
@@ -104,7 +120,9 @@ def clip_and_sum(
     def clip_sum(g: jax.Array) -> jax.Array:
         acc = jnp.promote_types(g.dtype, jnp.float32)
         kept = jnp.where(keep.reshape((b,) + (1,) * (g.ndim - 1)), g, 0).astype(acc)
-        return jnp.tensordot(scale.astype(acc), kept, axes=1).astype(g.dtype)
+        # Kept in (at least) float32: rounding the sum back to bf16/fp16 could push one
+        # example's contribution above C, and noise must be drawn in float32 too.
+        return jnp.tensordot(scale.astype(acc), kept, axes=1)
 
     stats = ClipStats(
         num_nonfinite=jnp.sum(real & ~jnp.isfinite(norms)).astype(jnp.int32),
@@ -157,6 +175,6 @@ def clip_per_example(l2_norm: float) -> optax.GradientTransformationExtraArgs:
 
     def update_fn(updates, state, params=None, *, mask=None, **extra_args):
         del state, params, extra_args
-        return clip_and_sum(updates, c, mask)
+        return clip_and_sum_unchecked(updates, c, mask)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -25,9 +25,18 @@ class GaussianNoiseState(NamedTuple):
     key: jax.Array
 
 
+def _add_noise(g: jax.Array, key: jax.Array, std: float) -> jax.Array:
+    # Drawn and added in at least float32: a bf16/fp16 normal has a few hundred distinct
+    # values and bounded support (|z| < 3 sigma in bf16), which breaks the Gaussian mechanism.
+    dtype = jnp.promote_types(jnp.result_type(g), jnp.float32)
+    return jnp.asarray(g, dtype) + std * jax.random.normal(key, jnp.shape(g), dtype)
+
+
 def add_gaussian_noise(stddev: float, key: jax.Array) -> optax.GradientTransformation:
     """Adds i.i.d. N(0, stddev^2) noise to every coordinate of the updates.
 
+    Noise is drawn and added in at least float32 (the output of a bfloat16 or
+    float16 input is float32; cast after the noise, e.g. in the optimizer).
     Step t draws from `jax.random.fold_in(key, t)`, t being the count kept in the
     state, split once per leaf: every update gets fresh noise, and a run restored
     from a checkpoint (state included) continues the sequence instead of
@@ -73,13 +82,7 @@ def add_gaussian_noise(stddev: float, key: jax.Array) -> optax.GradientTransform
         del params
         leaves, treedef = jax.tree.flatten(updates)
         keys = jax.random.split(jax.random.fold_in(state.key, state.count), len(leaves))
-        noisy = [
-            g
-            + (std * jax.random.normal(k, jnp.shape(g), jnp.result_type(g))).astype(
-                jnp.result_type(g)
-            )
-            for g, k in zip(leaves, keys, strict=True)
-        ]
+        noisy = [_add_noise(g, k, std) for g, k in zip(leaves, keys, strict=True)]
         return jax.tree.unflatten(treedef, noisy), GaussianNoiseState(
             count=optax.safe_increment(state.count), key=state.key
         )

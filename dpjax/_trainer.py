@@ -8,6 +8,7 @@ normalize -> optimizer) compiled once per padded batch shape.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -369,13 +370,13 @@ def train(
     json_path = _check_writable(json_out, "json_out")
     ckpt_path = _check_writable(checkpoint, "checkpoint")
     _validation.check_positive_int(checkpoint_every, "checkpoint_every", "100")
-    resume = _read_resume_metadata(ckpt_path, config)
-    seed = resume["seed"] if resume else config.seed
-    seed = seed if seed is not None else secrets.randbits(63)
-    model_seed, noise_seed, sampler_seed = (_derive_seed(seed, purpose) for purpose in range(3))
     log_file = _check_writable(log_path, "log_path")
     start = time.perf_counter()
     data = dataset if dataset is not None else _datasets.load_dataset(config.dataset, seed=0)
+    resume = _read_resume_metadata(ckpt_path, config, data.train)
+    seed = resume["seed"] if resume else config.seed
+    seed = seed if seed is not None else secrets.randbits(63)
+    model_seed, noise_seed, sampler_seed = (_derive_seed(seed, purpose) for purpose in range(3))
     n = len(data.train)
     plan = plan_run(config, n)
     q, sigma = plan["sampling_rate"], plan["noise_multiplier"]
@@ -415,8 +416,9 @@ def train(
             dataset_size=n,
         )
         if resume:
-            state = dict(resume["accounting"], target_epsilon=tracker.target_epsilon)
-            tracker = _accounting.PrivacyTracker.from_state_dict(state)
+            tracker = _accounting.PrivacyTracker.from_state_dict(resume["accounting"])
+        if tracker.sampling_rate != sampler.sampling_rate:
+            raise AssertionError("the accountant's sampling rate differs from the sampler's")
     step_fn = _make_step(
         model.apply,
         tx,
@@ -434,13 +436,15 @@ def train(
         steps_done = resume["step"]
     x_all, y_all = jnp.asarray(data.train.x), jnp.asarray(data.train.y)
 
+    fingerprint = _fingerprint(config, data.train) if ckpt_path is not None else None
+
     def save():
         if ckpt_path is not None:
             meta = {
                 "version": 1,
                 "step": steps_done,
                 "seed": seed,
-                "fingerprint": _fingerprint(config),
+                "fingerprint": fingerprint,
                 "accounting": None if tracker is None else tracker.state_dict(),
             }
             _checkpoint.save_checkpoint(ckpt_path, (params, opt_state), meta)
@@ -548,6 +552,7 @@ def train(
 
 
 _FINGERPRINT_FIELDS = (
+    "target_epsilon",
     "dataset",
     "model",
     "delta",
@@ -561,17 +566,27 @@ _FINGERPRINT_FIELDS = (
 )
 
 
-def _fingerprint(config: TrainConfig) -> dict[str, Any]:
-    return {name: getattr(config, name) for name in _FINGERPRINT_FIELDS}
+def _fingerprint(config: TrainConfig, train_split: _datasets.Split) -> dict[str, Any]:
+    """What must not change across a resume: the mechanism's settings and the data itself."""
+    digest = hashlib.sha256()
+    for array in (train_split.x, train_split.y):
+        digest.update(str((array.dtype, array.shape)).encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return {name: getattr(config, name) for name in _FINGERPRINT_FIELDS} | {
+        "dataset_size": len(train_split),
+        "train_sha256": digest.hexdigest(),
+    }
 
 
-def _read_resume_metadata(path: Path | None, config: TrainConfig) -> dict[str, Any] | None:
+def _read_resume_metadata(
+    path: Path | None, config: TrainConfig, train_split: _datasets.Split
+) -> dict[str, Any] | None:
     """The checkpoint's metadata if `path` exists; refuses one from a different run."""
     if path is None or not path.exists():
         return None
     with np.load(path, allow_pickle=False) as data:
         meta = json.loads(data[_checkpoint.META_KEY].tobytes().decode())
-    want = _fingerprint(config)
+    want = _fingerprint(config, train_split)
     changed = {
         k: (meta["fingerprint"].get(k), v)
         for k, v in want.items()

@@ -13,6 +13,10 @@ import numbers
 import jax
 import jax.numpy as jnp
 
+MIN_CLIP_NORM = 1e-6
+"""Smallest clip norm accepted. An underflowed float32 squared norm (elements below
+about 1e-19) then still means a true norm far below C, so no row escapes clipping."""
+
 NOT_PRIVATE_HINT = (
     "use dpjax.non_private_aggregate(...) explicitly if you really want a NOT PRIVATE run"
 )
@@ -23,16 +27,22 @@ def _is_real(value: object) -> bool:
 
 
 def check_clip_norm(l2_norm: float, name: str = "l2_norm") -> float:
-    """Returns `l2_norm` as a float if it is a finite positive number.
+    """Returns `l2_norm` as a float if it is finite and at least `MIN_CLIP_NORM`.
 
     Raises:
-      ValueError: if it is not a number, not finite, or not positive.
+      ValueError: if it is not a number, not finite, or below `MIN_CLIP_NORM`.
     """
     if not _is_real(l2_norm) or not math.isfinite(l2_norm) or l2_norm <= 0:
         raise ValueError(
             f"{name}={l2_norm!r} must be a finite positive clipping norm C; the sensitivity "
             f"of the clipped sum is C, so C=inf or C<=0 gives no privacy. Pass e.g. "
             f"{name}=1.0, or {NOT_PRIVATE_HINT}."
+        )
+    if l2_norm < MIN_CLIP_NORM:
+        raise ValueError(
+            f"{name}={l2_norm!r} is below {MIN_CLIP_NORM:g}: float32 squared norms underflow for "
+            f"gradients that small, so clipping could not be guaranteed. Rescale the loss and pass "
+            f"{name} >= {MIN_CLIP_NORM:g}."
         )
     return float(l2_norm)
 

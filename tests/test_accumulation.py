@@ -52,3 +52,10 @@ def test_batch_not_a_multiple_of_microbatch_size_is_refused():
     acc = dpjax.accumulate_clipped_grads(grads, l2_norm=1.0, microbatch_size=5)
     with pytest.raises(ValueError, match="not a multiple of microbatch_size=5"):
         jax.jit(acc)(params, batch, mask)
+
+
+def test_mask_of_the_wrong_shape_is_refused_before_reshaping():
+    params, batch, mask, grads = _setup()
+    acc = dpjax.accumulate_clipped_grads(grads, l2_norm=1.0, microbatch_size=4)
+    with pytest.raises(ValueError, match=r"mask has shape \(11,\)"):
+        jax.jit(acc)(params, batch, mask[:11])

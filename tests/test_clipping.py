@@ -125,3 +125,48 @@ def test_missing_batch_axis_is_reported_with_shapes():
 def test_invalid_clip_norm_is_refused_with_fix(bad):
     with pytest.raises(ValueError, match=r"l2_norm=.*non_private_aggregate"):
         dpjax.clip_per_example(bad)
+
+
+_wide = hnp.arrays(
+    np.float32,
+    st.tuples(st.integers(1, 4), st.just(5)),
+    elements=st.sampled_from([0.0, 1.0])
+    .flatmap(
+        lambda _: st.builds(
+            lambda m, e, s: s * m * 10.0**e,
+            st.floats(1, 9.99),
+            st.integers(-30, 17),
+            st.sampled_from([-1, 1]),
+        )
+    )
+    .map(np.float32),
+)
+
+
+@given(rows=_wide, c=st.sampled_from([1e-6, 1e-3, 1.0, 1e3]))
+def test_contributions_are_bounded_for_tiny_and_huge_gradients(rows, c):
+    # Squares of elements below ~1e-19 underflow and above ~1e19 overflow in float32.
+    singles = jax.vmap(lambda t: dpjax.clip_and_sum(jax.tree.map(lambda x: x[None], t), c)[0])(
+        _tree(rows)
+    )
+    norms = np.array(
+        [
+            np.linalg.norm(_flat(jax.tree.map(lambda x, i=i: x[i], singles)))
+            for i in range(len(rows))
+        ]
+    )
+    assert np.all(norms <= c * (1 + rtol_for(np.float32)))
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_low_precision_gradients_stay_within_c_and_sum_in_float32(dtype):
+    g = jax.random.normal(jax.random.key(0), (64, 300)).astype(dtype) * 5
+    singles = jax.vmap(lambda row: dpjax.clip_and_sum(row[None], 1.0)[0])(g)
+    assert singles.dtype == jnp.float32
+    assert float(jnp.max(jnp.linalg.norm(singles, axis=1))) <= 1.0 + 1e-6
+
+
+def test_clip_and_sum_validates_the_clip_norm():
+    for bad in (math.inf, math.nan, -1.0, 0.0, 1e-9):
+        with pytest.raises(ValueError, match="l2_norm="):
+            dpjax.clip_and_sum(jnp.ones((2, 3)), bad)

@@ -66,12 +66,6 @@ def test_restored_state_continues_instead_of_replaying():
     assert not np.allclose(third, uninterrupted[0])
 
 
-def test_noise_keeps_dtype():
-    tx = dpjax.add_gaussian_noise(1.0, key=jax.random.key(0))
-    out, _ = tx.update({"h": jnp.zeros(4, jnp.bfloat16)}, tx.init(None))
-    assert out["h"].dtype == jnp.bfloat16
-
-
 @pytest.mark.parametrize("bad", [0.0, -1.0, math.inf, math.nan])
 def test_invalid_stddev_is_refused(bad):
     with pytest.raises(ValueError, match="stddev="):
@@ -95,3 +89,15 @@ def test_donating_the_state_does_not_break_the_next_init():
     first, _ = update(jnp.zeros(4), tx.init(None))
     again, _ = update(jnp.zeros(4), tx.init(None))  # the first state's buffers were donated
     np.testing.assert_array_equal(first, again)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_low_precision_inputs_get_full_precision_gaussian_noise(dtype):
+    # A bf16 normal has ~128 values and |z| < 2.9: distinguishable neighbours (infinite loss).
+    tx = dpjax.add_gaussian_noise(1.0, key=jax.random.key(0))
+    out, _ = jax.jit(tx.update)(jnp.zeros(200_000, dtype), tx.init(None))
+    out = np.asarray(out)
+    assert out.dtype == np.float32
+    assert len(np.unique(out)) > 100_000
+    assert np.abs(out).max() > 4.0
+    assert scipy.stats.kstest(out, scipy.stats.norm().cdf).pvalue > 1e-3

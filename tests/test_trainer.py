@@ -247,3 +247,21 @@ def test_a_finished_run_resumed_with_more_steps_spends_more_not_again(digits, tm
     assert more.summary["epsilon"] == pytest.approx(
         dpjax.compute_epsilon(sigma, 8, q, 1e-5), rel=1e-6
     )
+
+
+def test_resume_refuses_different_training_data(digits, tmp_path):
+    # Another N means another sampling rate: the account would be told the wrong q.
+    ckpt = tmp_path / "run.npz"
+    dpjax.train(_cfg(steps=2), dataset=digits, checkpoint=ckpt, progress=False)
+    smaller = dpjax.load_dataset("digits", seed=0, validation_size=900)
+    with pytest.raises(ValueError, match=r"different run.*dataset_size"):
+        dpjax.train(_cfg(steps=4), dataset=smaller, checkpoint=ckpt, progress=False)
+
+
+def test_resume_refuses_a_different_budget(digits, tmp_path):
+    ckpt = tmp_path / "run.npz"
+    dpjax.train(_cfg(steps=2, target_epsilon=1.0), dataset=digits, checkpoint=ckpt, progress=False)
+    with pytest.raises(ValueError, match=r"different run.*target_epsilon"):
+        dpjax.train(
+            _cfg(steps=4, target_epsilon=5.0), dataset=digits, checkpoint=ckpt, progress=False
+        )

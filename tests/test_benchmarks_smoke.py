@@ -1,0 +1,93 @@
+"""Smoke tests of benchmarks/speed.py and benchmarks/scaling.py (tiny shapes, a few seconds)."""
+
+from __future__ import annotations
+
+import importlib
+import math
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+BENCH = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCH))
+speed = importlib.import_module("speed")
+scaling = importlib.import_module("scaling")
+
+TINY = {
+    "mlp": {"input_shape": (28, 28, 1), "num_classes": 10, "hidden": (8,)},
+    "transformer": {"vocab": 50, "seq_len": 4, "dim": 8, "heads": 2, "num_classes": 3},
+}
+
+
+CASES = [(*fm, "mlp") for fm in speed.JAX_MODES]  # the transformer: see test below
+
+
+@pytest.mark.parametrize(("framework", "mode", "model"), CASES)
+def test_jax_step_runs_jitted_and_changes_params(framework, mode, model):
+    spec = TINY[model]
+    apply, params = speed.jax_model(model, spec)
+    x, y = speed.jax_inputs(model, spec, 8)
+    step, tx = speed.make_jax_step(framework, mode, apply, 8, microbatch=4)
+    _, times, (new_params, _) = speed.time_compiled(
+        step, (params, tx.init(params), x, y, jnp.ones(8, bool)), steps=2, warmup=0, carry=True
+    )
+    assert len(times) == 2 and all(t > 0 for t in times)
+    moved = jax.tree.map(lambda a, b: jnp.any(a != b), params, new_params)
+    assert any(jax.tree.leaves(moved))
+    assert all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(new_params))
+
+
+def test_transformer_is_per_example_independent():
+    spec = TINY["transformer"]
+    apply, params = speed.jax_model("transformer", spec)
+    x, _ = speed.jax_inputs("transformer", spec, 4)
+    full = apply(params, x)
+    one = apply(params, x[1:2])
+    assert full.shape == (4, 3)
+    assert jnp.allclose(full[1], one[0], atol=1e-5)
+
+
+def test_ratios_use_the_same_family_baseline():
+    recs = [
+        {"framework": "dpjax", "mode": "non-private", "model": "m", "batch_size": 4,
+         "median_ms": 2.0, "peak_rss_mb": 100.0},
+        {"framework": "optax", "mode": "contrib_dp", "model": "m", "batch_size": 4,
+         "median_ms": 6.0, "peak_rss_mb": 150.0},
+        {"framework": "opacus", "mode": "hooks", "model": "m", "batch_size": 4,
+         "median_ms": 9.0, "peak_rss_mb": 300.0},
+        {"framework": "pytorch", "mode": "non-private", "model": "m", "batch_size": 4,
+         "median_ms": 3.0, "peak_rss_mb": 200.0},
+        {"framework": "dpjax", "mode": "dp_sgd", "model": "m", "batch_size": 4,
+         "median_ms": 4.5, "peak_rss_mb": 120.0},
+    ]  # fmt: skip
+    speed.add_ratios(recs)
+    assert recs[1]["ms_ratio_vs_nonprivate"] == 3.0
+    assert recs[2]["ms_ratio_vs_nonprivate"] == 3.0
+    assert recs[2]["mem_ratio_vs_nonprivate"] == 1.5
+    [row] = speed.dpjax_vs_opacus(recs)
+    assert row["dpjax_best"] == "dp_sgd" and row["ms_ratio_dpjax_over_opacus"] == 0.5
+
+
+def test_scaling_param_count_formula_matches_the_model():
+    _, params = speed.jax_model("mlp", {**TINY["mlp"], "hidden": (16, 16)})
+    assert speed.num_params(params) == scaling.mlp_params(16)
+
+
+def test_torch_models_have_the_jax_param_counts():
+    pytest.importorskip("torch")
+    import _torch_baselines
+
+    for model, spec in {**speed.SPECS, **TINY}.items():
+        _, params = speed.jax_model(model, spec)
+        net = _torch_baselines._build_model(model, spec)
+        assert sum(p.numel() for p in net.parameters()) == speed.num_params(params), model
+
+
+def test_quick_plans_are_small():
+    assert (
+        math.prod((len(speed.QUICK["grid"]), len(speed.JAX_MODES) + len(speed.TORCH_MODES))) <= 28
+    )
+    assert speed.QUICK["steps"] >= 20 and scaling.QUICK["steps"] >= 20
