@@ -22,7 +22,8 @@ def _load(name: str) -> dict | None:
 def _machine(data: dict) -> str:
     m = data.get("machine", {})
     when = m.get("timestamp_utc", "?")
-    return f"{m.get('cpu_count', '?')}-core {m.get('processor', m.get('platform', '?'))}, {m.get('jax_device', '?')}, {when}"
+    cpu = m.get("processor", m.get("platform", "?"))
+    return f"{m.get('cpu_count', '?')}-core {cpu}, {m.get('jax_device', '?')}, {when}"
 
 
 def _fmt(value, spec: str = ".1f") -> str:
