@@ -150,7 +150,9 @@ def dp_sgd(
       >>> updates, state = tx.update(grads, state, params, mask=jnp.ones(8, bool))
 
     **Privacy:** see :func:`dp_aggregate`. Post-processing by the optimizer does
-    not change the guarantee.
+    not change the guarantee. The state keeps the clipping counts of the last
+    step (:class:`ClipStats`), computed without noise: do not publish the
+    optimizer state, only the parameters.
 
     References:
       Abadi et al., "Deep Learning with Differential Privacy", CCS 2016.
