@@ -24,7 +24,7 @@ from dpjax._accounting import calibrate_noise_multiplier, compute_epsilon, steps
 from dpjax._aggregation import NotPrivateWarning
 from dpjax._datasets import DATASET_NAMES
 from dpjax._models import MODEL_NAMES
-from dpjax._trainer import OPTIMIZERS, TrainConfig, train
+from dpjax._trainer import CLIPPING_MODES, OPTIMIZERS, TrainConfig, train
 from dpjax._validation import check_delta
 
 _PRIVACY_NOTE = (
@@ -135,6 +135,12 @@ def _add_train_parser(subparsers: Any) -> None:
         "--eval-every", type=int, default=d.eval_every, help="evaluate every N steps"
     )
     parser.add_argument("--accountant", choices=("pld", "rdp"), default="pld")
+    parser.add_argument(
+        "--clipping",
+        choices=CLIPPING_MODES,
+        default=d.clipping,
+        help="per-example clipping: vmap, ghost (dense models, much faster) or auto (default)",
+    )
     parser.add_argument("--json-out", help="write the JSON summary here")
     parser.add_argument("--log", help="write one JSON line per evaluation here")
     parser.add_argument(
@@ -168,6 +174,7 @@ def _run_train(args: argparse.Namespace) -> int:
         microbatch_size=args.microbatch_size,
         eval_every=args.eval_every,
         accountant=args.accountant,
+        clipping=args.clipping,
         not_private=args.not_private,
     )
     try:

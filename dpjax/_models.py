@@ -23,6 +23,7 @@ from flax import linen as nn
 from flax import nnx
 
 from dpjax import _validation
+from dpjax._ghost import GhostLinear
 
 MODEL_NAMES = ("logreg", "mlp", "cnn", "gn-cnn", "linen-mlp", "linen-cnn")
 
@@ -82,7 +83,7 @@ class LogisticRegression(nnx.Module):
 
     def __init__(self, input_shape: Sequence[int], num_classes: int, *, rngs: nnx.Rngs):
         input_shape = _validation.check_input_shape(input_shape)
-        self.linear = nnx.Linear(math.prod(input_shape), _check_classes(num_classes), rngs=rngs)
+        self.linear = GhostLinear(math.prod(input_shape), _check_classes(num_classes), rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.linear(_flatten(x))
@@ -127,9 +128,9 @@ class MLP(nnx.Module):
         widths = [math.prod(input_shape)]
         widths += [_validation.check_positive_int(h, "hidden", "(256,)") for h in hidden]
         self.layers = nnx.List(
-            [nnx.Linear(a, b, rngs=rngs) for a, b in zip(widths[:-1], widths[1:], strict=True)]
+            [GhostLinear(a, b, rngs=rngs) for a, b in zip(widths[:-1], widths[1:], strict=True)]
         )
-        self.head = nnx.Linear(widths[-1], _check_classes(num_classes), rngs=rngs)
+        self.head = GhostLinear(widths[-1], _check_classes(num_classes), rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = _flatten(x)

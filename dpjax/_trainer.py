@@ -28,6 +28,7 @@ from dpjax import (
     _aggregation,
     _checkpoint,
     _datasets,
+    _ghost,
     _models,
     _sampling,
     _validation,
@@ -36,6 +37,7 @@ from dpjax._accumulation import accumulate_clipped_grads
 from dpjax._per_example import per_example_grads
 
 OPTIMIZERS = ("adam", "sgd", "momentum")
+CLIPPING_MODES = ("auto", "vmap", "ghost")
 SUMMARY_FIELDS = (
     "dataset",
     "model",
@@ -79,6 +81,11 @@ class TrainConfig:
       microbatch_size: physical batch; None lets the sampler choose.
       eval_every: evaluate every this many steps (and at the end).
       accountant: 'pld' or 'rdp'.
+      clipping: how per-example gradients are clipped: 'vmap' (materialize them
+        with `jax.vmap`; any model), 'ghost' (ghost clipping, no per-example
+        gradients: every parameter must be in a `GhostLinear` layer, as in the
+        'logreg' and 'mlp' models), or 'auto' (ghost when possible). Both give
+        the same clipped sum.
       not_private: NOT PRIVATE baseline: no clipping, no noise, no accounting.
     """
 
@@ -97,6 +104,7 @@ class TrainConfig:
     microbatch_size: int | None = None
     eval_every: int = 50
     accountant: str = "pld"
+    clipping: str = "auto"
     not_private: bool = False
 
     def __post_init__(self):
@@ -116,6 +124,10 @@ class TrainConfig:
         _validation.check_positive_float(self.lr, "lr", "1e-3")
         _validation.check_positive_int(self.eval_every, "eval_every", "50")
         _validation.check_accountant(self.accountant)
+        if self.clipping not in CLIPPING_MODES:
+            raise ValueError(
+                f"clipping={self.clipping!r} is unknown; pass one of {', '.join(CLIPPING_MODES)}."
+            )
         if self.steps is not None:
             _validation.check_positive_int(self.steps, "steps", "1000")
         elif self.epochs is None:
@@ -191,7 +203,7 @@ def _cross_entropy(apply, params, x, y):
     return optax.softmax_cross_entropy_with_integer_labels(logits, y)
 
 
-def _make_step(apply, tx, *, clip_norm, microbatch_size, expected_batch_size, not_private):
+def _make_step(apply, tx, *, clip_norm, microbatch_size, expected_batch_size, not_private, ghost):
     """Builds the jitted training step on the device-resident training set."""
 
     def one_loss(params, example):
@@ -206,6 +218,13 @@ def _make_step(apply, tx, *, clip_norm, microbatch_size, expected_batch_size, no
                 return jnp.sum(jnp.where(mask, losses, 0.0))
 
             return jax.grad(masked_sum)(params)
+    elif ghost:
+        clipped = _ghost.ghost_clipped_grads(
+            lambda p, batch: _cross_entropy(apply, p, *batch), l2_norm=clip_norm
+        )
+
+        def grads_of(params, batch, mask):
+            return clipped(params, batch, mask)[0]
     else:
         accumulate = accumulate_clipped_grads(
             per_example_grads(one_loss), l2_norm=clip_norm, microbatch_size=microbatch_size
@@ -419,6 +438,7 @@ def train(
             tracker = _accounting.PrivacyTracker.from_state_dict(resume["accounting"])
         if tracker.sampling_rate != sampler.sampling_rate:
             raise AssertionError("the accountant's sampling rate differs from the sampler's")
+    clipping = _choose_clipping(config, model, data)
     step_fn = _make_step(
         model.apply,
         tx,
@@ -426,6 +446,7 @@ def train(
         microbatch_size=sampler.microbatch_size,
         expected_batch_size=config.batch_size,
         not_private=config.not_private,
+        ghost=clipping == "ghost",
     )
     evaluate = _make_eval(model.apply)
     params = model.params
@@ -532,6 +553,7 @@ def train(
         "clip_norm": None if config.not_private else config.clip_norm,
         "batch_size": config.batch_size,
         "microbatch_size": sampler.microbatch_size,
+        "clipping": clipping,
         "dataset_size": n,
         "accountant": None if config.not_private else config.accountant,
         "optimizer": config.optimizer,
@@ -602,6 +624,22 @@ def _read_resume_metadata(
             f"seed={config.seed} differs from the checkpoint's seed; resume with the same seed (or none)."
         )
     return meta
+
+
+def _choose_clipping(config: TrainConfig, model: _models.FunctionalModel, data) -> str:
+    """'ghost' when asked for or when 'auto' and every parameter is in a ghost layer."""
+    if config.not_private or config.clipping == "vmap":
+        return "vmap"
+    sample = (jnp.asarray(data.train.x[:2]), jnp.asarray(data.train.y[:2]))
+    ok = _ghost.is_ghost_compatible(
+        lambda p, b: _cross_entropy(model.apply, p, *b), model.params, sample
+    )
+    if config.clipping == "ghost" and not ok:
+        raise ValueError(
+            f"clipping='ghost' but model={config.model!r} has parameters outside ghost layers "
+            "(dpjax.GhostLinear / dpjax.ghost_dense); pass clipping='vmap' or 'auto'."
+        )
+    return "ghost" if ok else "vmap"
 
 
 def _derive_seed(seed: int, purpose: int) -> int:

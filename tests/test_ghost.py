@@ -1,0 +1,143 @@
+"""Ghost clipping equals clipping materialized per-example gradients, for every row kind."""
+
+import flax.nnx as nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import dpjax
+
+
+class _Net(nnx.Module):
+    def __init__(self, d_in, rngs, bias=True):
+        self.l1 = dpjax.GhostLinear(d_in, 16, rngs=rngs)
+        self.l2 = dpjax.GhostLinear(16, 3, use_bias=bias, rngs=rngs)
+
+    def __call__(self, x):
+        return self.l2(jnp.tanh(self.l1(x)))
+
+
+def _problem(x_shape, bias=True, seed=0):
+    model = _Net(x_shape[-1], nnx.Rngs(seed), bias)
+    graphdef, params = nnx.split(model, nnx.Param)
+    x = 3.0 * jax.random.normal(jax.random.key(seed + 1), x_shape)
+    y = jnp.arange(x_shape[0]) % 3
+
+    def losses(p, batch):
+        logits = nnx.merge(graphdef, p)(batch[0])
+        logits = logits.mean(axis=tuple(range(1, logits.ndim - 1))) if logits.ndim > 2 else logits
+        return optax.softmax_cross_entropy_with_integer_labels(logits, batch[1])
+
+    def one(p, example):
+        return losses(p, (example[0][None], example[1][None]))[0]
+
+    return params, (x, y), losses, dpjax.per_example_grads(one)
+
+
+def _check_equal(params, batch, losses, per_example, mask, c):
+    want, want_stats = jax.jit(lambda p, b, m: dpjax.clip_and_sum(per_example(p, b), c, m))(
+        params, batch, mask
+    )
+    got, got_stats = jax.jit(dpjax.ghost_clipped_grads(losses, l2_norm=c))(params, batch, mask)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert got_stats == want_stats or all(
+        int(a) == int(b) for a, b in zip(got_stats, want_stats, strict=True)
+    )
+
+
+@pytest.mark.parametrize(
+    "x_shape", [(8, 12), (8, 5, 12), (8, 40, 6)], ids=["dense", "sequence-gram", "sequence-direct"]
+)
+def test_ghost_equals_vmap_clipping_under_jit(x_shape):
+    params, batch, losses, per_example = _problem(x_shape)
+    mask = jnp.array([True] * 6 + [False] * 2)
+    _check_equal(params, batch, losses, per_example, mask, 0.5)
+
+
+def test_ghost_without_bias_and_with_no_clipping_needed():
+    params, batch, losses, per_example = _problem((6, 12), bias=False)
+    _check_equal(params, batch, losses, per_example, None, 1e3)
+
+
+def test_nonfinite_rows_contribute_zero_and_are_counted():
+    params, (x, y), losses, per_example = _problem((8, 12))
+    x = x.at[2].set(jnp.nan).at[5, 0].set(jnp.inf)
+    mask = jnp.ones(8, bool)
+    got, stats = jax.jit(dpjax.ghost_clipped_grads(losses, l2_norm=0.5))(params, (x, y), mask)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(got))
+    assert int(stats.num_nonfinite) == 2
+    _check_equal(params, (x, y), losses, per_example, mask, 0.5)
+
+
+@given(seed=st.integers(0, 10_000), c=st.floats(1e-3, 10.0))
+def test_adding_one_example_moves_the_ghost_sum_by_at_most_c(seed, c):
+    params, (x, y), losses, _ = _problem((5, 12), seed=seed % 7)
+    x = x * (1 + seed % 50)
+    clipped = jax.jit(dpjax.ghost_clipped_grads(losses, l2_norm=c))
+    with_all, _ = clipped(params, (x, y), jnp.ones(5, bool))
+    without, _ = clipped(params, (x, y), jnp.array([True] * 4 + [False]))
+    diff = jnp.sqrt(
+        sum(
+            jnp.sum((a - b) ** 2)
+            for a, b in zip(jax.tree.leaves(with_all), jax.tree.leaves(without), strict=True)
+        )
+    )
+    assert float(diff) <= c * (1 + 1e-4)
+
+
+def test_ghost_linear_matches_nnx_linear():
+    ghost, plain = dpjax.GhostLinear(4, 3, rngs=nnx.Rngs(0)), nnx.Linear(4, 3, rngs=nnx.Rngs(0))
+    x = jnp.arange(8.0).reshape(2, 4)
+    np.testing.assert_allclose(ghost(x), plain(x), rtol=1e-6)
+
+
+class _Mixed(nnx.Module):
+    def __init__(self, rngs):
+        self.ghost = dpjax.GhostLinear(12, 4, rngs=rngs)
+        self.plain = nnx.Linear(4, 3, rngs=rngs)
+
+    def __call__(self, x):
+        return self.plain(self.ghost(x))
+
+
+class _Tied(nnx.Module):
+    def __init__(self, rngs):
+        self.layer = dpjax.GhostLinear(6, 6, rngs=rngs)
+
+    def __call__(self, x):
+        return self.layer(jnp.tanh(self.layer(x)))
+
+
+@pytest.mark.parametrize("module", [_Mixed, _Tied], ids=["non-ghost-layer", "weight-tying"])
+def test_models_whose_norms_would_not_be_bounded_are_refused(module):
+    graphdef, params = nnx.split(module(nnx.Rngs(0)), nnx.Param)
+    d_in = 12 if module is _Mixed else 6
+
+    def losses(p, batch):
+        return jnp.sum(nnx.merge(graphdef, p)(batch) ** 2, axis=-1)
+
+    with pytest.raises(ValueError, match="exactly one ghost_dense"):
+        jax.jit(dpjax.ghost_clipped_grads(losses, l2_norm=1.0))(params, jnp.ones((3, d_in)), None)
+
+
+def test_trainer_ghost_and_vmap_paths_train_the_same_model():
+    data = dpjax.load_dataset("digits", seed=0)
+    cfg = dict(dataset="digits", model="mlp", steps=5, batch_size=128, seed=0, eval_every=5)
+    ghost = dpjax.train(dpjax.TrainConfig(**cfg, clipping="ghost"), dataset=data, progress=False)
+    vmap = dpjax.train(dpjax.TrainConfig(**cfg, clipping="vmap"), dataset=data, progress=False)
+    assert ghost.summary["clipping"] == "ghost" and vmap.summary["clipping"] == "vmap"
+    for a, b in zip(jax.tree.leaves(ghost.params), jax.tree.leaves(vmap.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_trainer_refuses_ghost_for_a_model_with_convolutions():
+    with pytest.raises(ValueError, match="clipping='ghost'"):
+        dpjax.train(
+            dpjax.TrainConfig(dataset="digits", model="gn-cnn", steps=1, clipping="ghost"),
+            progress=False,
+        )
