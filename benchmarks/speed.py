@@ -1,0 +1,744 @@
+"""Time and peak memory per training step: dpjax DP-SGD against the alternatives.
+
+Compares, in one run, for the standard DP CNN (28x28x1), an MLP and a tiny
+transformer block:
+
+* ``dpjax / non-private``: plain ``jax.grad`` of the mean loss + ``optax.adam``.
+* ``dpjax / dp_sgd``: ``dpjax.per_example_grads`` -> ``dpjax.dp_sgd(optax.adam)``
+  on the full batch of per-example gradients.
+* ``dpjax / microbatch``: ``dpjax.accumulate_clipped_grads`` (microbatches of
+  B/4 under ``lax.scan``) -> ``dpjax.noisy_mean`` -> ``optax.adam``.
+* ``dpjax / ghost``: ``dpjax.ghost_clipped_grads`` (ghost clipping, no
+  per-example gradients) -> ``dpjax.noisy_mean`` -> ``optax.adam``; models
+  built from ``dpjax.GhostLinear`` only (the MLP).
+* ``optax / contrib_dp``: ``optax.contrib.differentially_private_aggregate`` on
+  ``vmap``-ed per-example gradients, chained with ``optax.adam``.
+* ``pytorch / non-private``, ``opacus / hooks``, ``opacus / ghost`` when torch
+  and opacus are installed (see ``_torch_baselines.py``); otherwise one record
+  per configuration says ``skipped: torch not installed``.
+
+Method. Every (framework, mode, model, batch size) runs in a FRESH Python
+subprocess, so its peak resident memory (``ru_maxrss``, which also counts the
+interpreter and the imported libraries: see ``rss_start_mb`` for that floor)
+belongs to that configuration alone; on a GPU the device peak is also recorded
+(``jax`` ``memory_stats()['peak_bytes_in_use']`` / ``torch.cuda.max_memory_allocated``).
+A JAX step (gradients + optimizer update + apply) is one ``jax.jit`` function;
+``compile_s`` is its ``lower().compile()`` time, then ``warmup`` untimed steps,
+then ``steps`` timed ones, each ended with ``block_until_ready``. Torch steps
+are eager (``compile_s`` is null) and end with ``cuda.synchronize`` on a GPU.
+Every step reuses one fixed batch of random normal images (random tokens for
+the transformer) and random labels: input loading is not timed. The clip norm,
+noise multiplier and learning rate are the same everywhere.
+
+Usage::
+
+  python benchmarks/speed.py --quick            # ~3 minutes on 2 CPU cores
+  python benchmarks/speed.py                    # full grid
+  python benchmarks/speed.py --json-out F.json  # PNG goes next to it
+
+The same script runs unchanged on a GPU (JAX and torch pick it up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pathlib
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+HERE = pathlib.Path(__file__).resolve().parent
+for _path in (HERE, HERE.parent):  # benchmarks/ (sibling modules) and the repo root (dpjax)
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+import common  # noqa: E402  (benchmarks/common.py: machine description, JSON writing)
+
+DP = {"l2_norm": 1.0, "noise_multiplier": 1.1, "learning_rate": 1e-3}
+
+# Shapes of the benchmarked models (the torch side reads the same dict).
+SPECS: dict[str, dict[str, Any]] = {
+    "cnn": {"input_shape": (28, 28, 1), "num_classes": 10},
+    "mlp": {"input_shape": (28, 28, 1), "num_classes": 10, "hidden": (256,)},
+    "transformer": {"vocab": 1000, "seq_len": 32, "dim": 64, "heads": 4, "num_classes": 10},
+}
+
+GHOST_MODELS = ("mlp",)  # every parameter in a dpjax.GhostLinear layer
+JAX_MODES = (
+    ("dpjax", "non-private"),
+    ("dpjax", "dp_sgd"),
+    ("dpjax", "microbatch"),
+    ("dpjax", "ghost"),
+    ("optax", "contrib_dp"),
+)
+TORCH_MODES = (("pytorch", "non-private"), ("opacus", "hooks"), ("opacus", "ghost"))
+MEMORY_METHOD = (
+    "each configuration runs in a fresh subprocess; peak_rss_mb is its ru_maxrss (whole "
+    "process: interpreter + libraries + XLA compilation + steps); peak_rss_steps_mb is the "
+    "peak during the warm-up and timed steps only (the kernel mark is reset through "
+    "/proc/self/clear_refs after compilation for JAX, after model/optimizer setup for torch) "
+    "and rss_before_steps_mb the RSS at that reset (freed compiler memory is often kept by "
+    "the allocator, so it stays counted); rss_start_mb is the RSS after imports, before the "
+    "model is built; peak_device_mb is the accelerator peak (null on CPU)"
+)
+TIMING_METHOD = (
+    "median/min/max over steps_timed steps after warm-up; a JAX step is one jax.jit function "
+    "(compile_s = lower().compile() time) with params/opt-state donated, synced with "
+    "block_until_ready; torch is eager, synced with cuda.synchronize on GPU"
+)
+FAMILY = {"dpjax": "jax", "optax": "jax", "pytorch": "torch", "opacus": "torch"}
+
+QUICK = {"steps": 20, "warmup": 3, "grid": (("cnn", 256), ("mlp", 256), ("transformer", 64))}
+FULL = {
+    "steps": 50,
+    "warmup": 5,
+    "grid": tuple(
+        [("cnn", b) for b in (64, 256, 1024)]
+        + [("mlp", b) for b in (256, 1024)]
+        + [("transformer", b) for b in (64, 256)]
+    ),
+}
+
+
+# ----------------------------------------------------------------------------- JAX models
+
+
+def transformer_init(key, vocab: int, seq_len: int, dim: int, heads: int, num_classes: int) -> dict:
+    """Parameters of the tiny transformer (one pre-LN attention + MLP block)."""
+    import jax
+    import jax.numpy as jnp
+
+    del heads
+    keys = iter(jax.random.split(key, 8))
+
+    def dense(fan_in: int, fan_out: int) -> dict:
+        w = jax.random.normal(next(keys), (fan_in, fan_out)) / math.sqrt(fan_in)
+        return {"w": w, "b": jnp.zeros(fan_out)}
+
+    def norm() -> dict:
+        return {"scale": jnp.ones(dim), "bias": jnp.zeros(dim)}
+
+    return {
+        "embed": 0.02 * jax.random.normal(next(keys), (vocab, dim)),
+        "pos": 0.02 * jax.random.normal(next(keys), (seq_len, dim)),
+        "ln1": norm(),
+        "qkv": dense(dim, 3 * dim),
+        "out": dense(dim, dim),
+        "ln2": norm(),
+        "fc1": dense(dim, 4 * dim),
+        "fc2": dense(4 * dim, dim),
+        "head": dense(dim, num_classes),
+    }
+
+
+def transformer_apply(params: dict, tokens, *, heads: int):
+    """Logits ``(B, num_classes)`` for integer tokens ``(B, T)``; the torch mirror is identical."""
+    import jax
+    import jax.numpy as jnp
+
+    def lead(v, x):  # explicit broadcasting (the tests forbid implicit rank promotion)
+        return v.reshape((1,) * (x.ndim - v.ndim) + v.shape)
+
+    def layer_norm(p, x):
+        mean = x.mean(-1, keepdims=True)
+        var = x.var(-1, keepdims=True)
+        return (x - mean) * jax.lax.rsqrt(var + 1e-5) * lead(p["scale"], x) + lead(p["bias"], x)
+
+    def dense(p, x):
+        y = x @ p["w"]
+        return y + lead(p["b"], y)
+
+    b, t = tokens.shape
+    x = params["embed"][tokens] + params["pos"][None, :t]
+    q, k, v = jnp.split(dense(params["qkv"], layer_norm(params["ln1"], x)), 3, axis=-1)
+    q, k, v = (z.reshape(b, t, heads, -1) for z in (q, k, v))
+    att = jax.nn.dot_product_attention(q, k, v)
+    x = x + dense(params["out"], att.reshape(b, t, -1))
+    x = x + dense(params["fc2"], jax.nn.gelu(dense(params["fc1"], layer_norm(params["ln2"], x))))
+    return dense(params["head"], x.mean(axis=1))
+
+
+def jax_model(model: str, spec: dict[str, Any]):
+    """``(apply, params)`` for a benchmark model; ``apply(params, x_batch) -> logits``."""
+    import functools
+
+    import jax
+
+    if model == "transformer":
+        params = transformer_init(jax.random.key(0), **spec)
+        return functools.partial(transformer_apply, heads=spec["heads"]), params
+    if model == "mlp" and tuple(spec.get("hidden", (256,))) != (256,):
+        from flax import nnx
+
+        from dpjax._models import MLP, functional
+
+        fm = functional(
+            MLP(spec["input_shape"], spec["num_classes"], spec["hidden"], rngs=nnx.Rngs(0))
+        )
+        return fm.apply, fm.params
+    from dpjax._models import make_model
+
+    fm = make_model(model, spec["input_shape"], spec["num_classes"], seed=0)
+    return fm.apply, fm.params
+
+
+def jax_inputs(model: str, spec: dict[str, Any], batch_size: int):
+    """A fixed batch ``(x, y)``: random normal NHWC images or random tokens, random labels."""
+    import jax
+
+    kx, ky = jax.random.split(jax.random.key(1))
+    if model == "transformer":
+        x = jax.random.randint(kx, (batch_size, spec["seq_len"]), 0, spec["vocab"])
+    else:
+        x = jax.random.normal(kx, (batch_size, *spec["input_shape"]))
+    y = jax.random.randint(ky, (batch_size,), 0, spec["num_classes"])
+    return x, y
+
+
+# ----------------------------------------------------------------------------- JAX steps
+
+
+def make_jax_step(framework: str, mode: str, apply, batch_size: int, microbatch: int | None = None):
+    """Returns ``(step, tx)``, ``step(params, opt_state, x, y, mask) -> (params, opt_state)``.
+
+    ``step`` is not jitted; :func:`time_compiled` jits it.
+    """
+    import jax
+    import optax
+
+    import dpjax
+
+    lr, c, sigma = DP["learning_rate"], DP["l2_norm"], DP["noise_multiplier"]
+    noise_key = jax.random.key(42)
+
+    def loss_one(params, example):
+        x, y = example
+        logits = apply(params, x[None])[0]
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y)
+
+    def loss_mean(params, x, y):
+        return optax.softmax_cross_entropy_with_integer_labels(apply(params, x), y).mean()
+
+    if (framework, mode) == ("dpjax", "non-private"):
+        tx = optax.adam(lr)
+
+        def step(params, state, x, y, mask):
+            del mask
+            updates, state = tx.update(jax.grad(loss_mean)(params, x, y), state, params)
+            return optax.apply_updates(params, updates), state
+
+    elif (framework, mode) == ("dpjax", "dp_sgd"):
+        tx = dpjax.dp_sgd(
+            optax.adam(lr),
+            l2_norm=c,
+            noise_multiplier=sigma,
+            expected_batch_size=batch_size,
+            key=noise_key,
+        )
+        grads_fn = dpjax.per_example_grads(loss_one)
+
+        def step(params, state, x, y, mask):
+            updates, state = tx.update(grads_fn(params, (x, y)), state, params, mask=mask)
+            return optax.apply_updates(params, updates), state
+
+    elif (framework, mode) == ("dpjax", "microbatch"):
+        tx = optax.chain(dpjax.noisy_mean(c, sigma, batch_size, key=noise_key), optax.adam(lr))
+        accumulate = dpjax.accumulate_clipped_grads(
+            dpjax.per_example_grads(loss_one),
+            l2_norm=c,
+            microbatch_size=microbatch or max(1, batch_size // 4),
+        )
+
+        def step(params, state, x, y, mask):
+            summed, _ = accumulate(params, (x, y), mask)
+            updates, state = tx.update(summed, state, params)
+            return optax.apply_updates(params, updates), state
+
+    elif (framework, mode) == ("dpjax", "ghost"):
+        tx = optax.chain(dpjax.noisy_mean(c, sigma, batch_size, key=noise_key), optax.adam(lr))
+
+        def losses(params, batch):
+            return optax.softmax_cross_entropy_with_integer_labels(apply(params, batch[0]), batch[1])
+
+        clipped = dpjax.ghost_clipped_grads(losses, l2_norm=c)
+
+        def step(params, state, x, y, mask):
+            summed, _ = clipped(params, (x, y), mask)
+            updates, state = tx.update(summed, state, params)
+            return optax.apply_updates(params, updates), state
+
+    elif (framework, mode) == ("optax", "contrib_dp"):
+        tx = optax.chain(
+            optax.contrib.differentially_private_aggregate(c, sigma, key=noise_key), optax.adam(lr)
+        )
+        grads_fn = jax.vmap(jax.grad(loss_one), in_axes=(None, 0))
+
+        def step(params, state, x, y, mask):
+            del mask
+            updates, state = tx.update(grads_fn(params, (x, y)), state, params)
+            return optax.apply_updates(params, updates), state
+
+    else:
+        raise ValueError(f"unknown JAX configuration {(framework, mode)}")
+    return step, tx
+
+
+def time_compiled(fn, args, steps: int, warmup: int, carry: bool) -> tuple[float, list[float], Any]:
+    """Compiles ``fn`` (jit) for ``args``, runs it; returns ``(compile_s, step_times_s, last_out)``.
+
+    With ``carry``, the first two outputs are fed back as the first two inputs
+    (params, optimizer state), as in training; the inputs are donated.
+    """
+    import jax
+
+    jitted = jax.jit(fn, donate_argnums=(0, 1) if carry else ())
+    if carry:  # donate copies: the caller's arrays (e.g. a PRNG key held by the state) survive
+        args = (*jax.tree.map(lambda a: a.copy(), tuple(args[:2])), *args[2:])
+    t0 = time.perf_counter()
+    compiled = jitted.lower(*args).compile()
+    compile_s = time.perf_counter() - t0
+    reset_peak_rss()  # the step peak below excludes the compiler's own memory
+    args = list(args)
+    times = []
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        out = compiled(*args)
+        jax.block_until_ready(out)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+        if carry:
+            args[0], args[1] = out
+    return compile_s, times, out
+
+
+def num_params(params) -> int:
+    import jax
+
+    return int(sum(leaf.size for leaf in jax.tree.leaves(params)))
+
+
+def jax_device() -> str:
+    import jax
+
+    d = jax.devices()[0]
+    return f"{d.platform}: {d.device_kind} (jax {jax.__version__}, {jax.device_count()} device(s))"
+
+
+def jax_peak_device_mb() -> float | None:
+    import jax
+
+    d = jax.devices()[0]
+    if d.platform == "cpu":
+        return None  # CPU memory is the process RSS
+    stats = d.memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return None if peak is None else peak / 2**20
+
+
+def run_jax_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Times one JAX (framework, mode, model, batch) configuration in this process."""
+    import jax.numpy as jnp
+
+    spec = {**SPECS[cfg["model"]], **cfg.get("spec", {})}
+    apply, params = jax_model(cfg["model"], spec)
+    b = cfg["batch_size"]
+    x, y = jax_inputs(cfg["model"], spec, b)
+    mask = jnp.ones((b,), bool)
+    step, tx = make_jax_step(cfg["framework"], cfg["mode"], apply, b, cfg.get("microbatch"))
+    n = num_params(params)
+    compile_s, times, _ = time_compiled(
+        step, (params, tx.init(params), x, y, mask), cfg["steps"], cfg["warmup"], True
+    )
+    return {
+        **_summary(times),
+        "compile_s": compile_s,
+        "num_params": n,
+        "peak_device_mb": jax_peak_device_mb(),
+        "device": jax_device(),
+    }
+
+
+def run_jax_breakdown(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Median ms of the pieces of a dpjax DP step, each jitted on its own.
+
+    ``grad_mean`` (non-private gradient only), ``per_example_grads``,
+    ``+clip_and_sum``, ``+noise`` (clip + dp_aggregate's noise and scaling) and
+    ``full_dp_sgd_step`` (with Adam and apply). Differences between successive
+    pieces estimate each stage's cost (XLA fuses across stages in the full step,
+    so they are estimates).
+    """
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    import dpjax
+
+    spec = {**SPECS[cfg["model"]], **cfg.get("spec", {})}
+    apply, params = jax_model(cfg["model"], spec)
+    b = cfg["batch_size"]
+    x, y = jax_inputs(cfg["model"], spec, b)
+    mask = jnp.ones((b,), bool)
+    c, sigma = DP["l2_norm"], DP["noise_multiplier"]
+
+    def loss_one(p, ex):
+        return optax.softmax_cross_entropy_with_integer_labels(apply(p, ex[0][None])[0], ex[1])
+
+    def loss_mean(p, x, y):
+        return optax.softmax_cross_entropy_with_integer_labels(apply(p, x), y).mean()
+
+    grads_fn = dpjax.per_example_grads(loss_one)
+    agg = dpjax.dp_aggregate(c, sigma, b, key=jax.random.key(42))
+    agg_state = agg.init(params)
+    pieces = {
+        "grad_mean": lambda p, s, x, y, m: jax.grad(loss_mean)(p, x, y),
+        "per_example_grads": lambda p, s, x, y, m: grads_fn(p, (x, y)),
+        "+clip_and_sum": lambda p, s, x, y, m: dpjax.clip_and_sum(grads_fn(p, (x, y)), c, m)[0],
+        "+noise": lambda p, s, x, y, m: agg.update(grads_fn(p, (x, y)), s, p, mask=m)[0],
+    }
+    out: dict[str, Any] = {}
+    for name, fn in pieces.items():
+        _, times, _ = time_compiled(
+            fn, (params, agg_state, x, y, mask), cfg["steps"], cfg["warmup"], False
+        )
+        out[name] = 1e3 * statistics.median(times)
+    step, tx = make_jax_step("dpjax", "dp_sgd", apply, b)
+    _, times, _ = time_compiled(
+        step, (params, tx.init(params), x, y, mask), cfg["steps"], cfg["warmup"], True
+    )
+    out["full_dp_sgd_step"] = 1e3 * statistics.median(times)
+    return {"median_ms_by_piece": out, "device": jax_device()}
+
+
+def _summary(times: list[float]) -> dict[str, float]:
+    return {
+        "median_ms": 1e3 * statistics.median(times),
+        "min_ms": 1e3 * min(times),
+        "max_ms": 1e3 * max(times),
+        "steps_timed": len(times),
+    }
+
+
+# ----------------------------------------------------------------------------- subprocess workers
+
+
+def _proc_status_mb(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _rss_mb() -> float | None:
+    return _proc_status_mb("VmRSS")
+
+
+_RSS_MARKS: dict[str, float | None] = {}
+
+
+def reset_peak_rss() -> None:
+    """Resets the kernel's peak-RSS mark (VmHWM) to the current RSS (Linux >= 4.0; else no-op).
+
+    Notes the peak so far and the current RSS first, so the whole-process peak
+    is not lost (the reset also lowers ``ru_maxrss``).
+    """
+    _RSS_MARKS["peak_before_reset"] = _proc_status_mb("VmHWM")
+    _RSS_MARKS["at_reset"] = _rss_mb()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def worker_main(cfg: dict[str, Any]) -> None:
+    """Runs one configuration and prints its record as the last stdout line."""
+    if FAMILY.get(cfg["framework"]) == "torch":
+        import _torch_baselines
+        import opacus  # noqa: F401
+        import torch  # noqa: F401  (imported before the RSS floor is read, as jax below)
+
+        spec = {**SPECS[cfg["model"]], **cfg.get("spec", {})}
+        start = _rss_mb()
+        rec = _torch_baselines.run_torch_config(
+            cfg["mode"],
+            cfg["model"],
+            spec,
+            cfg["batch_size"],
+            cfg["steps"],
+            cfg["warmup"],
+            DP,
+            reset_peak_rss,
+        )
+    else:
+        import jax  # noqa: F401
+        import optax  # noqa: F401
+
+        import dpjax  # noqa: F401
+
+        start = _rss_mb()
+        rec = run_jax_breakdown(cfg) if cfg["mode"] == "breakdown" else run_jax_config(cfg)
+    rec["rss_start_mb"] = start
+    steps_peak = (
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )  # KiB on Linux; since the reset
+    rec["peak_rss_mb"] = max(steps_peak, _RSS_MARKS.get("peak_before_reset") or 0.0)
+    rec["rss_before_steps_mb"] = _RSS_MARKS.get("at_reset")
+    rec["peak_rss_steps_mb"] = steps_peak
+    print("RESULT " + json.dumps(rec), flush=True)
+
+
+def run_in_subprocess(
+    cfg: dict[str, Any], script: pathlib.Path, timeout_s: float = 600
+) -> dict[str, Any]:
+    """Runs ``script --worker CFG`` in a fresh interpreter; returns ``cfg`` plus its result."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(script), "--worker", json.dumps(cfg)],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            env=env,
+        )
+    except subprocess.TimeoutExpired:
+        return {**cfg, "error": f"timed out after {timeout_s} s"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        return {**cfg, "error": f"exit {proc.returncode}: " + " | ".join(tail)}
+    return {**cfg, **json.loads(lines[-1][len("RESULT ") :])}
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def add_ratios(
+    records: list[dict[str, Any]], key: tuple[str, ...] = ("model", "batch_size")
+) -> None:
+    """Adds ``ms_ratio_vs_nonprivate`` / ``mem_ratio_vs_nonprivate`` to each timed record.
+
+    The baseline is the ``non-private`` record of the same family (JAX or torch)
+    with the same values of the ``key`` fields.
+    """
+
+    def group(r: dict[str, Any]) -> tuple:
+        return (FAMILY.get(r["framework"]), *(r.get(k) for k in key))
+
+    base = {group(r): r for r in records if r.get("mode") == "non-private" and "median_ms" in r}
+    for r in records:
+        b = base.get(group(r))
+        if b is None or "median_ms" not in r:
+            continue
+        r["ms_ratio_vs_nonprivate"] = r["median_ms"] / b["median_ms"]
+        r["mem_ratio_vs_nonprivate"] = r["peak_rss_mb"] / b["peak_rss_mb"]
+        if r.get("peak_device_mb") and b.get("peak_device_mb"):
+            r["device_mem_ratio_vs_nonprivate"] = r["peak_device_mb"] / b["peak_device_mb"]
+
+
+def dpjax_vs_opacus(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (model, batch): fastest dpjax DP mode against the fastest Opacus mode."""
+    rows = []
+    for model, b in sorted({(r["model"], r["batch_size"]) for r in records}):
+        group = [
+            r for r in records if (r["model"], r["batch_size"]) == (model, b) and "median_ms" in r
+        ]
+        ours = [r for r in group if r["framework"] == "dpjax" and r["mode"] != "non-private"]
+        theirs = [r for r in group if r["framework"] == "opacus"]
+        if not ours or not theirs:
+            continue
+        best_ours = min(ours, key=lambda r: r["median_ms"])
+        best_theirs = min(theirs, key=lambda r: r["median_ms"])
+        rows.append(
+            {
+                "model": model,
+                "batch_size": b,
+                "dpjax_best": best_ours["mode"],
+                "dpjax_ms": best_ours["median_ms"],
+                "opacus_best": best_theirs["mode"],
+                "opacus_ms": best_theirs["median_ms"],
+                "ms_ratio_dpjax_over_opacus": best_ours["median_ms"] / best_theirs["median_ms"],
+                "rss_ratio_dpjax_over_opacus": best_ours["peak_rss_mb"]
+                / best_theirs["peak_rss_mb"],
+            }
+        )
+    return rows
+
+
+def plot(records: list[dict[str, Any]], path: pathlib.Path) -> None:
+    """One panel per (model, batch): median ms per (framework, mode), x non-private on top."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted({(r["model"], r["batch_size"]) for r in records if "median_ms" in r})
+    if not groups:
+        return
+    cols = min(3, len(groups))
+    rows = math.ceil(len(groups) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
+    colors = {
+        "dpjax": "tab:blue",
+        "optax": "tab:cyan",
+        "pytorch": "tab:gray",
+        "opacus": "tab:orange",
+    }
+    for ax, (model, b) in zip(axes.flat, groups, strict=False):
+        rs = [
+            r for r in records if (r["model"], r["batch_size"]) == (model, b) and "median_ms" in r
+        ]
+        labels = [f"{r['framework']}\n{r['mode']}" for r in rs]
+        bars = ax.bar(
+            range(len(rs)), [r["median_ms"] for r in rs], color=[colors[r["framework"]] for r in rs]
+        )
+        for bar, r in zip(bars, rs, strict=True):
+            ratio = r.get("ms_ratio_vs_nonprivate")
+            if ratio is not None and r["mode"] != "non-private":
+                ax.annotate(
+                    f"{ratio:.1f}x",
+                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                )
+        ax.set_xticks(range(len(rs)), labels, fontsize=6, rotation=45, ha="right")
+        ax.set_title(f"{model}, batch {b}", fontsize=9)
+        ax.set_ylabel("median ms / step")
+    for ax in list(axes.flat)[len(groups) :]:
+        ax.axis("off")
+    fig.suptitle("Time per training step (label: x non-private, same framework)", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def print_table(records: list[dict[str, Any]]) -> None:
+    print(
+        f"{'framework':9} {'mode':12} {'model':11} {'B':>5} {'median ms':>10} {'x np':>6} "
+        f"{'compile s':>9} {'peak MB':>8} {'mem x np':>8}"
+    )
+    for r in records:
+        if "median_ms" not in r:
+            print(
+                f"{r['framework']:9} {r['mode']:12} {r['model']:11} {r['batch_size']:>5}  "
+                f"{r.get('skipped') or r.get('error')}"
+            )
+            continue
+        comp = "-" if r.get("compile_s") is None else f"{r['compile_s']:.2f}"
+        print(
+            f"{r['framework']:9} {r['mode']:12} {r['model']:11} {r['batch_size']:>5} "
+            f"{r['median_ms']:>10.2f} {r.get('ms_ratio_vs_nonprivate', float('nan')):>6.2f} "
+            f"{comp:>9} {r['peak_rss_mb']:>8.0f} "
+            f"{r.get('mem_ratio_vs_nonprivate', float('nan')):>8.2f}"
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="few models and batch sizes, 20 steps")
+    parser.add_argument("--json-out", type=pathlib.Path, default=HERE / "results" / "speed.json")
+    parser.add_argument(
+        "--no-torch", action="store_true", help="skip PyTorch/Opacus even if installed"
+    )
+    parser.add_argument("--no-breakdown", action="store_true", help="skip the dpjax step breakdown")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        worker_main(json.loads(args.worker))
+        return
+
+    import _torch_baselines
+
+    plan = QUICK if args.quick else FULL
+    have_torch = _torch_baselines.torch_available() and not args.no_torch
+    script = pathlib.Path(__file__).resolve()
+    records: list[dict[str, Any]] = []
+    t_start = time.perf_counter()
+    for model, b in plan["grid"]:
+        modes = JAX_MODES + TORCH_MODES
+        for framework, mode in modes:
+            cfg = {
+                "framework": framework,
+                "mode": mode,
+                "model": model,
+                "batch_size": b,
+                "steps": plan["steps"],
+                "warmup": plan["warmup"],
+            }
+            if mode == "microbatch":
+                cfg["microbatch"] = max(1, b // 4)
+            if mode == "ghost" and model not in GHOST_MODELS:
+                records.append({**cfg, "skipped": "skipped: model has parameters outside dense layers"})
+                continue
+            if FAMILY[framework] == "torch" and not have_torch:
+                reason = "torch not installed" if not args.no_torch else "--no-torch"
+                records.append({**cfg, "skipped": f"skipped: {reason}"})
+                continue
+            rec = run_in_subprocess(cfg, script)
+            records.append(rec)
+            print(
+                f"  {framework}/{mode} {model} B={b}: "
+                f"{rec.get('median_ms', float('nan')):.2f} ms {rec.get('error', '')}",
+                flush=True,
+            )
+    breakdown = None
+    if not args.no_breakdown:
+        model, b = ("cnn", 256)
+        breakdown = run_in_subprocess(
+            {
+                "framework": "dpjax",
+                "mode": "breakdown",
+                "model": model,
+                "batch_size": b,
+                "steps": plan["steps"],
+                "warmup": plan["warmup"],
+            },
+            script,
+        )
+    add_ratios(records)
+    payload = {
+        "benchmark": "speed",
+        "quick": args.quick,
+        "machine": common.machine_description(),
+        "dp": DP,
+        "model_specs": SPECS,
+        "memory_method": MEMORY_METHOD,
+        "timing_method": TIMING_METHOD,
+        "records": records,
+        "dpjax_vs_opacus": dpjax_vs_opacus(records),
+        "dpjax_breakdown": breakdown,
+        "wall_s": time.perf_counter() - t_start,
+    }
+    common.write_json(args.json_out, payload)
+    plot(records, args.json_out.with_suffix(".png"))
+    print_table(records)
+    for row in payload["dpjax_vs_opacus"]:
+        print(
+            f"{row['model']} B={row['batch_size']}: dpjax {row['dpjax_best']} "
+            f"{row['dpjax_ms']:.1f} ms vs opacus {row['opacus_best']} {row['opacus_ms']:.1f} ms "
+            f"-> {row['ms_ratio_dpjax_over_opacus']:.2f}x"
+        )
+    if breakdown:
+        print(
+            "dpjax breakdown (cnn, B=256):",
+            breakdown.get("median_ms_by_piece", breakdown.get("error")),
+        )
+    print(
+        f"wrote {args.json_out} and {args.json_out.with_suffix('.png')} "
+        f"in {payload['wall_s']:.0f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()
