@@ -678,7 +678,7 @@ def main(argv: list[str] | None = None) -> None:
             }
             if mode == "microbatch":
                 cfg["microbatch"] = max(1, b // 4)
-            if mode == "ghost" and model not in GHOST_MODELS:
+            if (framework, mode) == ("dpjax", "ghost") and model not in GHOST_MODELS:
                 records.append({**cfg, "skipped": "skipped: model has parameters outside dense layers"})
                 continue
             if FAMILY[framework] == "torch" and not have_torch:

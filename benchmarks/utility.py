@@ -12,7 +12,7 @@ Protocol.
   the test accuracy. The grids are in ``GRIDS`` and every configuration tried
   is written to the JSON (``tuning``), so the tuning budget is on record.
   Digits runs take seconds, so digits is tuned per epsilon. A Fashion-MNIST
-  CNN run takes ~25 minutes on 2 shared CPU cores, so its private grid is
+  CNN run takes 9-27 minutes on 2 (shared) CPU cores, so its private grid is
   searched once, at epsilon = 3, and the winner is used at every epsilon.
 * The chosen configuration is then trained with seeds 0, 1, ... (the seed
   drives the model initialisation, the Poisson sampler and the noise); the data
@@ -300,9 +300,7 @@ def curve_point(
         hp, trials = tune(data, dataset, model, tuned_at, cache=cache)
         if hp is None:
             return None
-        source = (
-            f"tuned on validation accuracy at eps={eps_label(tuned_at)} ({len(trials)} configs)"
-        )
+        source = f"tuned on validation accuracy at eps={eps_label(tuned_at)} ({len(trials)} config(s) tried)"
     else:
         hp = BEST.get((dataset, model, eps)) or BEST[(dataset, model, tuned_at)]
         source = "stored best configuration (BEST in benchmarks/utility.py)"
@@ -519,7 +517,10 @@ def main(argv: list[str] | None = None) -> None:
         "seeds": seeds,
         "machine": machine_description(),
         "dpjax_version": dpjax.__version__,
+        "cache": args.cache,
         "wall_seconds_total": time.perf_counter() - start,
+        "wall_seconds_note": "wall_seconds_total is this invocation's; runs reused from "
+        "results/utility_runs/ keep their own wall_seconds_per_seed",
         "points": points,
     }
     write_json(json_out, payload)
