@@ -90,3 +90,14 @@ def write_json(path: str | os.PathLike[str], payload: dict[str, Any]) -> pathlib
     text = json.dumps(_strict(payload), indent=2, default=str, allow_nan=False)
     path.write_text(text + "\n")
     return path
+
+
+def save_figure(fig: Any, path: str | os.PathLike[str], title: str, dpi: int = 120) -> None:
+    """Titles, lays out and writes a matplotlib figure (creating the folder), then closes it."""
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)

@@ -121,11 +121,7 @@ def plot(records: list[dict[str, Any]], path: pathlib.Path) -> None:
             ax.set_ylabel(ylabel)
             ax.legend(fontsize=8)
             ax.grid(alpha=0.3, which="both")
-    fig.suptitle("dpjax DP-SGD step vs non-private step", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    common.save_figure(fig, path, "dpjax DP-SGD step vs non-private step", dpi=120)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -264,7 +264,9 @@ def make_jax_step(framework: str, mode: str, apply, batch_size: int, microbatch:
         tx = optax.chain(dpjax.noisy_mean(c, sigma, batch_size, key=noise_key), optax.adam(lr))
 
         def losses(params, batch):
-            return optax.softmax_cross_entropy_with_integer_labels(apply(params, batch[0]), batch[1])
+            return optax.softmax_cross_entropy_with_integer_labels(
+                apply(params, batch[0]), batch[1]
+            )
 
         clipped = dpjax.ghost_clipped_grads(losses, l2_norm=c)
 
@@ -616,11 +618,9 @@ def plot(records: list[dict[str, Any]], path: pathlib.Path) -> None:
         ax.set_ylabel("median ms / step")
     for ax in list(axes.flat)[len(groups) :]:
         ax.axis("off")
-    fig.suptitle("Time per training step (label: x non-private, same framework)", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    common.save_figure(
+        fig, path, "Time per training step (label: x non-private, same framework)", dpi=120
+    )
 
 
 def print_table(records: list[dict[str, Any]]) -> None:
@@ -679,7 +679,9 @@ def main(argv: list[str] | None = None) -> None:
             if mode == "microbatch":
                 cfg["microbatch"] = max(1, b // 4)
             if (framework, mode) == ("dpjax", "ghost") and model not in GHOST_MODELS:
-                records.append({**cfg, "skipped": "skipped: model has parameters outside dense layers"})
+                records.append(
+                    {**cfg, "skipped": "skipped: model has parameters outside dense layers"}
+                )
                 continue
             if FAMILY[framework] == "torch" and not have_torch:
                 reason = "torch not installed" if not args.no_torch else "--no-torch"

@@ -53,9 +53,7 @@ import argparse
 import itertools
 import json
 import math
-import os
 import pathlib
-import platform
 import statistics
 import sys
 import time
@@ -67,10 +65,7 @@ for _path in (HERE, HERE.parent):  # benchmarks/ (sibling modules) and the repo 
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-try:
-    import common  # noqa: E402  (benchmarks/common.py: machine description, JSON writing)
-except ImportError:  # pragma: no cover - a stand-in until benchmarks/common.py exists
-    common = None
+import common  # noqa: E402  (benchmarks/common.py: machine description, JSON writing)
 
 DELTA = 1e-5
 EPSILONS = (0.5, 1.0, 2.0, 3.0, 8.0, math.inf)
@@ -153,41 +148,6 @@ BEST: dict[tuple[str, str, float], dict[str, Any]] = {
 
 def eps_label(eps: float) -> str:
     return NOT_PRIVATE if math.isinf(eps) else f"{eps:g}"
-
-
-def machine_description() -> dict[str, Any]:
-    """The host and accelerator, from benchmarks/common.py when it exists."""
-    if common is not None:
-        return common.machine_description()
-    import jax
-
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "jax": jax.__version__,
-        "jax_device": jax.devices()[0].device_kind,
-    }
-
-
-def write_json(path: pathlib.Path, payload: dict[str, Any]) -> None:
-    """Writes ``payload`` as indented JSON, creating the folder (common.write_json when present)."""
-    if common is not None:
-        common.write_json(path, payload)
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_strict(payload), indent=2, default=str) + "\n")
-
-
-def _strict(value):
-    """Strict JSON: inf/NaN become null (the NOT PRIVATE baseline has no epsilon)."""
-    if isinstance(value, dict):
-        return {k: _strict(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_strict(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def run_key(dataset: str, model: str, eps: float, hp: dict[str, Any], seed: int) -> str:
@@ -405,11 +365,9 @@ def plot(points: list[dict[str, Any]], path: pathlib.Path) -> None:
         ax.grid(alpha=0.3)
         ax.margins(y=0.12)
         ax.legend(fontsize=7, loc="best")
-    fig.suptitle("dpjax privacy-utility (tuning cost not included in epsilon)", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    common.save_figure(
+        fig, path, "dpjax privacy-utility (tuning cost not included in epsilon)", dpi=130
+    )
 
 
 def print_table(points: list[dict[str, Any]]) -> None:
@@ -515,7 +473,7 @@ def main(argv: list[str] | None = None) -> None:
         ],
         "quick": args.quick,
         "seeds": seeds,
-        "machine": machine_description(),
+        "machine": common.machine_description(),
         "dpjax_version": dpjax.__version__,
         "cache": args.cache,
         "wall_seconds_total": time.perf_counter() - start,
@@ -523,7 +481,7 @@ def main(argv: list[str] | None = None) -> None:
         "results/utility_runs/ keep their own wall_seconds_per_seed",
         "points": points,
     }
-    write_json(json_out, payload)
+    common.write_json(json_out, payload)
     png = json_out.with_suffix(".png")
     plot(points, png)
     print(f"\nwrote {json_out} and {png} ({payload['wall_seconds_total']:.0f} s)")
