@@ -72,7 +72,7 @@ EPSILONS = (0.5, 1.0, 2.0, 3.0, 8.0, math.inf)
 QUICK_EPSILONS = (1.0, 3.0, math.inf)
 NOT_PRIVATE = "NOT PRIVATE"
 DEFAULT_JSON = HERE / "results" / "utility.json"
-QUICK_JSON = HERE / "results" / "utility_quick.json"  # --quick never overwrites the full results
+QUICK_JSON = HERE / "results" / "quick" / "utility.json"  # --quick never overwrites the full results
 CACHE_DIR = HERE / "results" / "utility_runs"
 
 # (dataset, model) pairs of the curves.
@@ -418,7 +418,7 @@ def main(argv: list[str] | None = None) -> None:
         type=pathlib.Path,
         default=None,
         help="JSON path, the PNG goes next to it (default results/utility.json, "
-        "results/utility_quick.json with --quick)",
+        "results/quick/utility.json with --quick)",
     )
     args = parser.parse_args(argv)
 
