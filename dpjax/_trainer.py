@@ -413,8 +413,6 @@ def train(
         seed=sampler_seed,
         microbatch_size=config.microbatch_size,
     )
-    if sampler.sampling_rate != q:  # the accountant must be told the rate the sampler uses
-        raise AssertionError(f"sampler rate {sampler.sampling_rate} != accounted rate {q}")
     optimizer = _make_optimizer(config.optimizer, config.lr)
     if config.not_private:
         warnings.warn(
@@ -436,8 +434,10 @@ def train(
         )
         if resume:
             tracker = _accounting.PrivacyTracker.from_state_dict(resume["accounting"])
-        if tracker.sampling_rate != sampler.sampling_rate:
-            raise AssertionError("the accountant's sampling rate differs from the sampler's")
+        if tracker.sampling_rate != sampler.sampling_rate:  # the accountant must be told what runs
+            raise AssertionError(
+                f"accounted sampling rate {tracker.sampling_rate} != sampler's {sampler.sampling_rate}"
+            )
     clipping = _choose_clipping(config, model, data)
     step_fn = _make_step(
         model.apply,
