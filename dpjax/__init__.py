@@ -18,7 +18,6 @@ from dpjax._aggregation import dp_sgd as dp_sgd
 from dpjax._aggregation import noisy_mean as noisy_mean
 from dpjax._aggregation import non_private_aggregate as non_private_aggregate
 from dpjax._aggregation import scale_by_expected_batch_size as scale_by_expected_batch_size
-from dpjax._clipping import ClipState as ClipState
 from dpjax._clipping import ClipStats as ClipStats
 from dpjax._clipping import clip_and_sum as clip_and_sum
 from dpjax._clipping import clip_per_example as clip_per_example

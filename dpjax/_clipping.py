@@ -30,10 +30,6 @@ class ClipStats(NamedTuple):
     num_clipped: jax.Array
 
 
-ClipState = ClipStats
-"""State of :func:`clip_per_example`: the :class:`ClipStats` of its last update."""
-
-
 def per_example_global_norms(grads: PyTree) -> jax.Array:
     """Returns the L2 norm of each example's whole gradient, shape `(B,)`.
 
