@@ -27,6 +27,7 @@ from dpjax._datasets import Dataset as Dataset
 from dpjax._datasets import Split as Split
 from dpjax._datasets import load_dataset as load_dataset
 from dpjax._datasets import load_idx as load_idx
+from dpjax._ghost import GhostDense as GhostDense
 from dpjax._ghost import GhostLinear as GhostLinear
 from dpjax._ghost import ghost_clipped_grads as ghost_clipped_grads
 from dpjax._ghost import ghost_dense as ghost_dense

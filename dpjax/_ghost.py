@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import flax.linen as nn
 import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
@@ -135,6 +136,31 @@ class GhostLinear(nnx.Linear):
     def __call__(self, inputs: jax.Array) -> jax.Array:  # type: ignore[override]
         bias = self.bias[...] if self.bias is not None else None
         return ghost_dense(inputs, self.kernel[...], bias)
+
+
+class GhostDense(nn.Dense):
+    """`flax.linen.Dense` whose per-example gradient norms :func:`ghost_clipped_grads` can read.
+
+    Same parameter names, shapes and initialisers as `nn.Dense` (no
+    dtype/precision options: it computes in the parameters' dtype).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, dpjax
+      >>> layer = dpjax.GhostDense(2)
+      >>> variables = layer.init(jax.random.key(0), jnp.ones((1, 3)))
+      >>> layer.apply(variables, jnp.ones((5, 3))).shape
+      (5, 2)
+    """
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array) -> jax.Array:  # type: ignore[override]
+        kernel = self.param(
+            "kernel", self.kernel_init, (jnp.shape(inputs)[-1], self.features), self.param_dtype
+        )
+        bias = None
+        if self.use_bias:
+            bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+        return ghost_dense(inputs, kernel, bias)
 
 
 def ghost_clipped_grads(

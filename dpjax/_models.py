@@ -23,7 +23,7 @@ from flax import linen as nn
 from flax import nnx
 
 from dpjax import _validation
-from dpjax._ghost import GhostLinear
+from dpjax._ghost import GhostDense, GhostLinear
 
 MODEL_NAMES = ("logreg", "mlp", "cnn", "gn-cnn", "linen-mlp", "linen-cnn")
 
@@ -260,8 +260,8 @@ class LinenMLP(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         x = _flatten(x)
         for width in self.hidden:
-            x = jnp.tanh(nn.Dense(width)(x))
-        return nn.Dense(self.num_classes)(x)
+            x = jnp.tanh(GhostDense(width)(x))
+        return GhostDense(self.num_classes)(x)
 
 
 class LinenCNN(nn.Module):

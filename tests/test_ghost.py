@@ -90,6 +90,27 @@ def test_adding_one_example_moves_the_ghost_sum_by_at_most_c(seed, c):
     assert float(diff) <= c * (1 + 1e-4)
 
 
+def test_ghost_dense_matches_linen_dense_and_linen_mlp_uses_ghost():
+    import flax.linen as nn
+
+    x = jnp.arange(8.0).reshape(2, 4)
+    ghost, plain = dpjax.GhostDense(3), nn.Dense(3)
+    variables = plain.init(jax.random.key(0), x)
+    assert jax.tree.map(jnp.shape, ghost.init(jax.random.key(0), x)) == jax.tree.map(
+        jnp.shape, variables
+    )
+    np.testing.assert_allclose(ghost.apply(variables, x), plain.apply(variables, x), rtol=1e-6)
+    data = dpjax.load_dataset("digits", seed=0)
+    cfg = dict(dataset="digits", model="linen-mlp", steps=3, batch_size=128, seed=0, eval_every=3)
+    ghost_run = dpjax.train(dpjax.TrainConfig(**cfg), dataset=data, progress=False)
+    vmap_run = dpjax.train(dpjax.TrainConfig(**cfg, clipping="vmap"), dataset=data, progress=False)
+    assert ghost_run.summary["clipping"] == "ghost"
+    for a, b in zip(
+        jax.tree.leaves(ghost_run.params), jax.tree.leaves(vmap_run.params), strict=True
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_ghost_linear_matches_nnx_linear():
     ghost, plain = dpjax.GhostLinear(4, 3, rngs=nnx.Rngs(0)), nnx.Linear(4, 3, rngs=nnx.Rngs(0))
     x = jnp.arange(8.0).reshape(2, 4)
