@@ -40,7 +40,7 @@ class _Tape:
 
     def probe(self, x: jax.Array, kernel: jax.Array, bias: jax.Array | None) -> jax.Array:
         i = len(self.calls)
-        self.calls.append((tuple(kernel.shape), None if bias is None else tuple(bias.shape)))
+        self.calls.append((kernel, bias))
         if self.probes is None:  # discovery: shapes only
             return jnp.zeros((x.shape[0],), jnp.float32)
         return self.probes[i]
@@ -223,15 +223,13 @@ def ghost_clipped_grads(
             raise ValueError(
                 f"mask has shape {mask.shape} but the batch has {b} rows; pass shape ({b},)."
             )
-        with _recording(None) as tape:
-            jax.eval_shape(lambda p, b: losses_fn(p, b), params, batch)  # fresh: no trace cache
-        _check_coverage(tape.calls, params)
+        num_layers = _check_coverage(losses_fn, params, batch)
 
         def probed_loss(probes):
             with _recording(probes):
                 return jnp.sum(jnp.where(mask, losses_fn(params, batch), 0.0))
 
-        sq = jax.grad(probed_loss)(jnp.zeros((len(tape.calls), b), jnp.float32))
+        sq = jax.grad(probed_loss)(jnp.zeros((num_layers, b), jnp.float32))
         norms = jnp.sqrt(jnp.sum(sq, axis=0))
         keep = jnp.isfinite(norms) & mask
         scale = jnp.where(
@@ -261,23 +259,44 @@ def _zero_rows(v: jax.Array, keep: jax.Array) -> jax.Array:
     return jnp.where(keep.reshape((-1,) + (1,) * (v.ndim - 1)), v, jnp.zeros_like(v))
 
 
-def _check_coverage(calls: list, params: PyTree) -> None:
-    used = sorted(s for kernel, bias in calls for s in (kernel, bias) if s is not None)
-    have = sorted(tuple(p.shape) for p in jax.tree.leaves(params))
-    if used != have:
+def _check_coverage(losses_fn: Callable, params: PyTree, batch: PyTree) -> int:
+    """Traces `losses_fn` once (shapes only); returns the number of ghost layer calls.
+
+    Every parameter leaf must reach exactly one ghost layer as its kernel or bias,
+    unchanged (the same traced array): then the per-layer norms add up to each
+    example's whole gradient norm. A parameter used elsewhere, transformed first,
+    or used twice (weight tying) fails the check.
+
+    Raises:
+      ValueError: unless every parameter is used by exactly one ghost layer.
+    """
+    traced: list = []
+
+    def trace(p, b):
+        traced.extend(jax.tree.leaves(p))
+        return losses_fn(p, b)
+
+    with _recording(None) as tape:
+        jax.eval_shape(trace, params, batch)  # a fresh function each call: no trace cache
+    used = [id(a) for kernel, bias in tape.calls for a in (kernel, bias) if a is not None]
+    if sorted(used) != sorted(id(leaf) for leaf in traced):
+        shapes = [
+            tuple(a.shape) for kernel, bias in tape.calls for a in (kernel, bias) if a is not None
+        ]
         raise ValueError(
-            "ghost clipping needs every parameter to be used by exactly one ghost_dense/GhostLinear "
-            f"layer; the layers used shapes {used} but the parameters have shapes {have}. Use "
-            "dpjax.per_example_grads (vmap) for this model, or build it from GhostLinear layers."
+            "ghost clipping needs every parameter to be used, unchanged, by exactly one "
+            f"ghost_dense/GhostLinear/GhostDense layer; the ghost layers used {len(used)} arrays of "
+            f"shapes {shapes} but the model has {len(traced)} parameters of shapes "
+            f"{[tuple(p.shape) for p in traced]}. Use dpjax.per_example_grads (vmap) for this model, "
+            "or build it from ghost layers."
         )
+    return len(tape.calls)
 
 
 def is_ghost_compatible(losses_fn: Callable, params: PyTree, batch: PyTree) -> bool:
     """Whether :func:`ghost_clipped_grads` can handle this model (host side, traces once)."""
-    with _recording(None) as tape:
-        jax.eval_shape(lambda p, b: losses_fn(p, b), params, batch)  # fresh: no trace cache
     try:
-        _check_coverage(tape.calls, params)
+        _check_coverage(losses_fn, params, batch)
     except ValueError:
         return False
     return True

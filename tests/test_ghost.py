@@ -162,3 +162,28 @@ def test_trainer_refuses_ghost_for_a_model_with_convolutions():
             dpjax.TrainConfig(dataset="digits", model="gn-cnn", steps=1, clipping="ghost"),
             progress=False,
         )
+
+
+class _TiedPlusShadow(nnx.Module):
+    """Ties one ghost layer and hides a same-shaped parameter in a plain matmul."""
+
+    def __init__(self, rngs):
+        self.layer = dpjax.GhostLinear(6, 6, rngs=rngs)
+        self.shadow = nnx.Param(jnp.eye(6))
+        self.shadow_bias = nnx.Param(jnp.zeros(6))
+
+    def __call__(self, x):
+        h = self.layer(jnp.tanh(self.layer(x)))
+        return h @ self.shadow[...] + self.shadow_bias[...][None]
+
+
+def test_same_shaped_uncovered_parameter_cannot_hide_weight_tying():
+    # The shapes used (2 kernels, 2 biases of the same shapes) match the parameters', but a
+    # parameter outside the ghost layers would escape clipping: the check is on identity.
+    graphdef, params = nnx.split(_TiedPlusShadow(nnx.Rngs(0)), nnx.Param)
+
+    def losses(p, batch):
+        return jnp.sum(nnx.merge(graphdef, p)(batch) ** 2, axis=-1)
+
+    with pytest.raises(ValueError, match="exactly one"):
+        jax.jit(dpjax.ghost_clipped_grads(losses, l2_norm=1.0))(params, jnp.ones((3, 6)), None)
