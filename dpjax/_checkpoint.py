@@ -57,6 +57,12 @@ def save_checkpoint(path: str | os.PathLike, tree: PyTree, metadata: dict[str, A
     os.replace(tmp, path)
 
 
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON metadata of a checkpoint written by :func:`save_checkpoint` (no arrays loaded)."""
+    with np.load(path, allow_pickle=False) as data:
+        return json.loads(data[META_KEY].tobytes().decode())
+
+
 def load_checkpoint(path: str | os.PathLike, like: PyTree) -> tuple[PyTree, dict[str, Any]]:
     """Reads a checkpoint written by :func:`save_checkpoint` into the structure of `like`.
 

@@ -392,7 +392,8 @@ def train(
     log_file = _check_writable(log_path, "log_path")
     start = time.perf_counter()
     data = dataset if dataset is not None else _datasets.load_dataset(config.dataset, seed=0)
-    resume = _read_resume_metadata(ckpt_path, config, data.train)
+    fingerprint = _fingerprint(config, data.train) if ckpt_path is not None else None
+    resume = _read_resume_metadata(ckpt_path, config, fingerprint)
     seed = resume["seed"] if resume else config.seed
     seed = seed if seed is not None else secrets.randbits(63)
     model_seed, noise_seed, sampler_seed = (_derive_seed(seed, purpose) for purpose in range(3))
@@ -456,8 +457,6 @@ def train(
         (params, opt_state), _ = _checkpoint.load_checkpoint(ckpt_path, (params, opt_state))
         steps_done = resume["step"]
     x_all, y_all = jnp.asarray(data.train.x), jnp.asarray(data.train.y)
-
-    fingerprint = _fingerprint(config, data.train) if ckpt_path is not None else None
 
     def save():
         if ckpt_path is not None:
@@ -601,14 +600,12 @@ def _fingerprint(config: TrainConfig, train_split: _datasets.Split) -> dict[str,
 
 
 def _read_resume_metadata(
-    path: Path | None, config: TrainConfig, train_split: _datasets.Split
+    path: Path | None, config: TrainConfig, want: dict[str, Any]
 ) -> dict[str, Any] | None:
-    """The checkpoint's metadata if `path` exists; refuses one from a different run."""
+    """The checkpoint's metadata if `path` exists; refuses one whose fingerprint is not `want`."""
     if path is None or not path.exists():
         return None
-    with np.load(path, allow_pickle=False) as data:
-        meta = json.loads(data[_checkpoint.META_KEY].tobytes().decode())
-    want = _fingerprint(config, train_split)
+    meta = _checkpoint.read_metadata(path)
     changed = {
         k: (meta["fingerprint"].get(k), v)
         for k, v in want.items()
