@@ -27,10 +27,13 @@ from dpjax._datasets import Dataset as Dataset
 from dpjax._datasets import Split as Split
 from dpjax._datasets import load_dataset as load_dataset
 from dpjax._datasets import load_idx as load_idx
+from dpjax._ghost import GhostConv as GhostConv
 from dpjax._ghost import GhostDense as GhostDense
 from dpjax._ghost import GhostLinear as GhostLinear
 from dpjax._ghost import ghost_clipped_grads as ghost_clipped_grads
+from dpjax._ghost import ghost_conv as ghost_conv
 from dpjax._ghost import ghost_dense as ghost_dense
+from dpjax._ghost import is_ghost_compatible as is_ghost_compatible
 from dpjax._models import DPCNN as DPCNN
 from dpjax._models import MLP as MLP
 from dpjax._models import MODEL_NAMES as MODEL_NAMES

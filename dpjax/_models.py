@@ -23,7 +23,7 @@ from flax import linen as nn
 from flax import nnx
 
 from dpjax import _validation
-from dpjax._ghost import GhostDense, GhostLinear
+from dpjax._ghost import GhostConv, GhostDense, GhostLinear
 
 MODEL_NAMES = ("logreg", "mlp", "cnn", "gn-cnn", "linen-mlp", "linen-cnn")
 
@@ -158,8 +158,10 @@ class DPCNN(nnx.Module):
       max-pool 2x2, stride 1              ->  4x4x32
       flatten -> dense 32, tanh -> dense num_classes
 
-    26,010 parameters for 1 channel and 10 classes. The convolutions are
-    ``nnx.Conv`` (``lax.conv_general_dilated``).
+    26,010 parameters for 1 channel and 10 classes. The layers are
+    :class:`dpjax.GhostConv` and :class:`dpjax.GhostLinear` (``nnx.Conv`` and
+    ``nnx.Linear`` with the same parameters), so the trainer clips it by
+    book-keeping ghost clipping, in one backward pass.
 
     Args:
       num_classes: Number of classes (logits).
@@ -186,10 +188,10 @@ class DPCNN(nnx.Module):
     def __init__(self, num_classes: int = 10, in_channels: int = 1, *, rngs: nnx.Rngs):
         in_channels = _validation.check_positive_int(in_channels, "in_channels", "1")
         (f1, k1, s1, p1), (f2, k2, s2, p2) = _DPCNN_CONV1, _DPCNN_CONV2
-        self.conv1 = nnx.Conv(in_channels, f1, k1, s1, padding=p1, rngs=rngs)
-        self.conv2 = nnx.Conv(f1, f2, k2, s2, padding=p2, rngs=rngs)
-        self.fc1 = nnx.Linear(_DPCNN_FEATURES, _DPCNN_HIDDEN, rngs=rngs)
-        self.fc2 = nnx.Linear(_DPCNN_HIDDEN, _check_classes(num_classes), rngs=rngs)
+        self.conv1 = GhostConv(in_channels, f1, k1, s1, padding=p1, rngs=rngs)
+        self.conv2 = GhostConv(f1, f2, k2, s2, padding=p2, rngs=rngs)
+        self.fc1 = GhostLinear(_DPCNN_FEATURES, _DPCNN_HIDDEN, rngs=rngs)
+        self.fc2 = GhostLinear(_DPCNN_HIDDEN, _check_classes(num_classes), rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         _check_dpcnn_input(x)

@@ -82,10 +82,11 @@ class TrainConfig:
       eval_every: evaluate every this many steps (and at the end).
       accountant: 'pld' or 'rdp'.
       clipping: how per-example gradients are clipped: 'vmap' (materialize them
-        with `jax.vmap`; any model), 'ghost' (ghost clipping, no per-example
-        gradients: every parameter must be in a `GhostLinear` layer, as in the
-        'logreg' and 'mlp' models), or 'auto' (ghost when possible). Both give
-        the same clipped sum.
+        with `jax.vmap`; any model), 'ghost' (book-keeping ghost clipping, one
+        backward pass and no per-example gradients: every parameter must be in
+        a `GhostLinear`/`GhostConv` layer, as in the 'logreg', 'mlp' and 'cnn'
+        models), or 'auto' (ghost when possible). Both give the same clipped
+        sum.
       not_private: NOT PRIVATE baseline: no clipping, no noise, no accounting.
     """
 
@@ -634,7 +635,7 @@ def _choose_clipping(config: TrainConfig, model: _models.FunctionalModel, data) 
     if config.clipping == "ghost" and not ok:
         raise ValueError(
             f"clipping='ghost' but model={config.model!r} has parameters outside ghost layers "
-            "(dpjax.GhostLinear / dpjax.ghost_dense); pass clipping='vmap' or 'auto'."
+            "(dpjax.GhostLinear / dpjax.GhostConv); pass clipping='vmap' or 'auto'."
         )
     return "ghost" if ok else "vmap"
 

@@ -142,7 +142,7 @@ def test_models_whose_norms_would_not_be_bounded_are_refused(module):
     def losses(p, batch):
         return jnp.sum(nnx.merge(graphdef, p)(batch) ** 2, axis=-1)
 
-    with pytest.raises(ValueError, match="exactly one ghost_dense"):
+    with pytest.raises(ValueError, match="exactly one ghost layer"):
         jax.jit(dpjax.ghost_clipped_grads(losses, l2_norm=1.0))(params, jnp.ones((3, d_in)), None)
 
 
@@ -156,7 +156,7 @@ def test_trainer_ghost_and_vmap_paths_train_the_same_model():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_trainer_refuses_ghost_for_a_model_with_convolutions():
+def test_trainer_refuses_ghost_for_a_model_with_groupnorm():
     with pytest.raises(ValueError, match="clipping='ghost'"):
         dpjax.train(
             dpjax.TrainConfig(dataset="digits", model="gn-cnn", steps=1, clipping="ghost"),
@@ -187,3 +187,187 @@ def test_same_shaped_uncovered_parameter_cannot_hide_weight_tying():
 
     with pytest.raises(ValueError, match="exactly one"):
         jax.jit(dpjax.ghost_clipped_grads(losses, l2_norm=1.0))(params, jnp.ones((3, 6)), None)
+
+
+# --- convolutions and whole models: book-keeping under jit against an eager loop ---------------
+
+
+def _eager_clipped_sum(one_loss, params, xs, ys, mask, c):
+    """Plain Python: per-example grads one at a time (no jit), clipped and summed in float64."""
+    total = jax.tree.map(lambda p: np.zeros(p.shape, np.float64), params)
+    with jax.disable_jit():
+        for i in range(len(ys)):
+            if not mask[i]:
+                continue
+            grad = jax.tree.map(np.float64, jax.grad(one_loss)(params, xs[i], ys[i]))
+            norm = np.sqrt(sum(np.sum(g**2) for g in jax.tree.leaves(grad)))
+            if not np.isfinite(norm):
+                continue
+            scale = min(1.0, c / norm)
+            total = jax.tree.map(lambda t, g, scale=scale: t + scale * g, total, grad)
+    return total
+
+
+def _check_against_eager(apply, params, x, y, mask, c, rtol=2e-4):
+    def losses(p, batch):
+        return optax.softmax_cross_entropy_with_integer_labels(apply(p, batch[0]), batch[1])
+
+    def one_loss(p, xi, yi):
+        return losses(p, (xi[None], yi[None]))[0]
+
+    got, stats = jax.jit(dpjax.ghost_clipped_grads(losses, l2_norm=c))(params, (x, y), mask)
+    want = _eager_clipped_sum(one_loss, params, np.asarray(x), np.asarray(y), np.asarray(mask), c)
+    scale = max(float(np.max(np.abs(w))) for w in jax.tree.leaves(want))
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(g, w, rtol=rtol, atol=rtol * scale)
+    return stats
+
+
+def _ghost_models():
+    names = []
+    for name in dpjax.MODEL_NAMES:
+        shape = (28, 28, 1) if "cnn" in name else (8, 8, 1)
+        fm = dpjax.make_model(name, shape, 10, seed=0)
+        x = jnp.zeros((2, *shape))
+
+        def losses(p, batch, fm=fm):
+            return optax.softmax_cross_entropy_with_integer_labels(fm.apply(p, batch[0]), batch[1])
+
+        if dpjax.is_ghost_compatible(losses, fm.params, (x, jnp.zeros(2, jnp.int32))):
+            names.append(name)
+    return names
+
+
+def test_the_standard_models_that_ghost_clipping_covers():
+    assert _ghost_models() == ["logreg", "mlp", "cnn", "linen-mlp"]
+
+
+@pytest.mark.parametrize("name", ["logreg", "mlp", "cnn", "linen-mlp"])
+def test_every_ghost_model_under_jit_equals_an_eager_loop_over_single_examples(name, monkeypatch):
+    # 7 rows in chunks of 3 (3 + 3 + 1): the per-example loops' remainder is covered too.
+    monkeypatch.setattr(dpjax._ghost, "_CHUNK", 3)
+    shape = (28, 28, 1) if name == "cnn" else (8, 8, 1)
+    fm = dpjax.make_model(name, shape, 10, seed=0)
+    x = 2.0 * jax.random.uniform(jax.random.key(1), (7, *shape))
+    x = x.at[4].set(jnp.nan)  # a non-finite row: dropped and counted
+    y = jnp.arange(7) % 10
+    mask = jnp.array([True, True, False, True, True, True, True])
+    stats = _check_against_eager(fm.apply, fm.params, x, y, mask, c=0.1)
+    assert int(stats.num_nonfinite) == 1 and int(stats.num_clipped) >= 1
+
+
+class _ConvNet(nnx.Module):
+    """One GhostConv with the given options, then a GhostLinear head on the mean feature."""
+
+    def __init__(self, in_features, kernel_size, rngs, **conv_options):
+        self.conv = dpjax.GhostConv(in_features, 6, kernel_size, rngs=rngs, **conv_options)
+        self.head = dpjax.GhostLinear(6, 3, rngs=rngs)
+
+    def __call__(self, x):
+        h = jnp.tanh(self.conv(x))
+        return self.head(h.mean(axis=tuple(range(1, h.ndim - 1))))
+
+
+_CONV_CASES = {
+    # (input shape of one example, kernel size, options); the comments give the norm path
+    "2d-same-stride1": ((9, 9, 2), (3, 3), dict()),  # K*O <= T*(K+O): per-example grads
+    "2d-explicit-stride2x1": ((10, 7, 3), (4, 2), dict(strides=(2, 1), padding=((2, 1), (0, 3)))),
+    "2d-valid-dilated": ((11, 11, 2), (3, 3), dict(padding="VALID", kernel_dilation=2)),
+    "2d-gram": ((4, 4, 16), (3, 3), dict(padding="VALID")),  # T=4, K=144, O=6: ghost norm
+    "1d-same-dilated": ((12, 3), (3,), dict(kernel_dilation=(2,))),
+    "3d-int-padding": ((5, 6, 4, 2), (2, 3, 2), dict(padding=1, strides=2)),
+}
+
+
+@pytest.mark.parametrize("case", list(_CONV_CASES))
+def test_ghost_conv_matches_nnx_conv_and_its_patches_reproduce_the_convolution(case):
+    shape, kernel_size, options = _CONV_CASES[case]
+    ghost = dpjax.GhostConv(shape[-1], 6, kernel_size, rngs=nnx.Rngs(0), **options)
+    plain = nnx.Conv(shape[-1], 6, kernel_size, rngs=nnx.Rngs(0), **options)
+    x = jax.random.normal(jax.random.key(0), (3, *shape))
+    np.testing.assert_allclose(ghost(x), plain(x), rtol=1e-5, atol=1e-5)
+
+    # im2col, under jit, against lax.conv: rows @ kernel must equal the convolution.
+    def via_patches(x, kernel, bias):
+        with dpjax._ghost._recording(None) as tape:
+            out = dpjax.ghost_conv(
+                x,
+                kernel,
+                bias,
+                **{
+                    k: v
+                    for k, v in options.items()
+                    if k in ("strides", "padding", "kernel_dilation")
+                },
+            )
+        call = tape.calls[0]
+        rows = call.to_rows(call.inputs)
+        flat = rows @ kernel.reshape(-1, kernel.shape[-1]) + bias[None, None]
+        return out, flat.reshape(out.shape)
+
+    out, flat = jax.jit(via_patches)(x, ghost.kernel[...], ghost.bias[...])
+    np.testing.assert_allclose(flat, out, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out, plain(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", list(_CONV_CASES))
+def test_ghost_conv_clipping_under_jit_equals_an_eager_loop(case, monkeypatch):
+    monkeypatch.setattr(dpjax._ghost, "_CHUNK", 4)
+    shape, kernel_size, options = _CONV_CASES[case]
+    graphdef, params = nnx.split(
+        _ConvNet(shape[-1], kernel_size, nnx.Rngs(0), **options), nnx.Param
+    )
+    x = 3.0 * jax.random.normal(jax.random.key(1), (6, *shape))
+    x = x.at[1].set(jnp.inf)
+    y = jnp.arange(6) % 3
+    mask = jnp.array([True, True, True, True, False, True])
+    stats = _check_against_eager(lambda p, v: nnx.merge(graphdef, p)(v), params, x, y, mask, c=0.05)
+    assert int(stats.num_nonfinite) == 1
+
+
+@given(seed=st.integers(0, 10_000), c=st.floats(1e-3, 10.0))
+def test_adding_one_example_moves_the_ghost_cnn_sum_by_at_most_c(seed, c):
+    graphdef, params = nnx.split(_ConvNet(2, (3, 3), nnx.Rngs(seed % 5)), nnx.Param)
+    x = (1 + seed % 30) * jax.random.normal(jax.random.key(seed), (5, 6, 6, 2))
+    y = jnp.arange(5) % 3
+
+    def losses(p, batch):
+        logits = nnx.merge(graphdef, p)(batch[0])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, batch[1])
+
+    clipped = jax.jit(dpjax.ghost_clipped_grads(losses, l2_norm=c))
+    with_all, _ = clipped(params, (x, y), jnp.ones(5, bool))
+    without, _ = clipped(params, (x, y), jnp.array([True] * 4 + [False]))
+    diff = np.sqrt(
+        sum(
+            np.sum((np.float64(a) - np.float64(b)) ** 2)
+            for a, b in zip(jax.tree.leaves(with_all), jax.tree.leaves(without), strict=True)
+        )
+    )
+    assert diff <= c * (1 + 1e-4)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(feature_group_count=2),
+        dict(input_dilation=2),
+        dict(padding="CIRCULAR"),
+        dict(mask=jnp.ones((3, 3, 2, 4))),
+        dict(dtype=jnp.bfloat16),
+    ],
+    ids=["groups", "input-dilation", "circular", "mask", "dtype"],
+)
+def test_ghost_conv_refuses_options_it_cannot_clip(options):
+    with pytest.raises(ValueError, match="GhostConv does not support"):
+        dpjax.GhostConv(2, 4, (3, 3), rngs=nnx.Rngs(0), **options)
+
+
+def test_trainer_cnn_ghost_and_vmap_paths_train_the_same_model():
+    data = dpjax.load_dataset("synthetic", seed=0, num_examples=600, input_shape=(28, 28, 1))
+    cfg = dict(dataset="synthetic", model="cnn", steps=3, batch_size=64, seed=0, eval_every=3)
+    ghost = dpjax.train(dpjax.TrainConfig(**cfg), dataset=data, progress=False)
+    vmap = dpjax.train(dpjax.TrainConfig(**cfg, clipping="vmap"), dataset=data, progress=False)
+    assert ghost.summary["clipping"] == "ghost" and vmap.summary["clipping"] == "vmap"
+    for a, b in zip(jax.tree.leaves(ghost.params), jax.tree.leaves(vmap.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
