@@ -69,7 +69,7 @@ SPECS: dict[str, dict[str, Any]] = {
     "transformer": {"vocab": 1000, "seq_len": 32, "dim": 64, "heads": 4, "num_classes": 10},
 }
 
-GHOST_MODELS = ("mlp",)  # every parameter in a dpjax.GhostLinear layer
+GHOST_MODELS = ("cnn", "mlp")  # every parameter in a dpjax.GhostConv or GhostLinear layer
 JAX_MODES = (
     ("dpjax", "non-private"),
     ("dpjax", "dp_sgd"),

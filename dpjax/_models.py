@@ -23,7 +23,7 @@ from flax import linen as nn
 from flax import nnx
 
 from dpjax import _validation
-from dpjax._ghost import GhostConv, GhostDense, GhostLinear
+from dpjax._ghost_layers import GhostConv, GhostDense, GhostLinear
 
 MODEL_NAMES = ("logreg", "mlp", "cnn", "gn-cnn", "linen-mlp", "linen-cnn")
 
@@ -195,9 +195,21 @@ class DPCNN(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         _check_dpcnn_input(x)
-        x = nnx.max_pool(jnp.tanh(self.conv1(x)), (2, 2), strides=(1, 1))
-        x = nnx.max_pool(jnp.tanh(self.conv2(x)), (2, 2), strides=(1, 1))
+        x = _max_pool_2x2_stride_1(jnp.tanh(self.conv1(x)))
+        x = _max_pool_2x2_stride_1(jnp.tanh(self.conv2(x)))
         return self.fc2(jnp.tanh(self.fc1(_flatten(x))))
+
+
+def _max_pool_2x2_stride_1(x: jax.Array) -> jax.Array:
+    """`nnx.max_pool(x, (2, 2), strides=(1, 1))` as the max of four shifted views.
+
+    The same values; its gradient is elementwise, where `max_pool`'s is XLA's
+    `select_and_scatter`, which made up about half of the DP CNN's training
+    step on CPU (13 vs 26 ms at batch 256). At exact ties the gradient is split
+    evenly instead of going to the first maximum (both are subgradients).
+    """
+    top = jnp.maximum(x[:, :-1, :-1], x[:, :-1, 1:])
+    return jnp.maximum(top, jnp.maximum(x[:, 1:, :-1], x[:, 1:, 1:]))
 
 
 class GroupNormCNN(nnx.Module):
@@ -288,8 +300,8 @@ class LinenCNN(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         _check_dpcnn_input(x)
         (f1, k1, s1, p1), (f2, k2, s2, p2) = _DPCNN_CONV1, _DPCNN_CONV2
-        x = nn.max_pool(jnp.tanh(nn.Conv(f1, k1, s1, padding=p1)(x)), (2, 2), strides=(1, 1))
-        x = nn.max_pool(jnp.tanh(nn.Conv(f2, k2, s2, padding=p2)(x)), (2, 2), strides=(1, 1))
+        x = _max_pool_2x2_stride_1(jnp.tanh(nn.Conv(f1, k1, s1, padding=p1)(x)))
+        x = _max_pool_2x2_stride_1(jnp.tanh(nn.Conv(f2, k2, s2, padding=p2)(x)))
         x = jnp.tanh(nn.Dense(_DPCNN_HIDDEN)(_flatten(x)))
         return nn.Dense(self.num_classes)(x)
 

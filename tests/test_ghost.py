@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import dpjax
+from dpjax._ghost_layers import _ConvSpec
 
 
 class _Net(nnx.Module):
@@ -288,26 +289,23 @@ def test_ghost_conv_matches_nnx_conv_and_its_patches_reproduce_the_convolution(c
     np.testing.assert_allclose(ghost(x), plain(x), rtol=1e-5, atol=1e-5)
 
     # im2col, under jit, against lax.conv: rows @ kernel must equal the convolution.
-    def via_patches(x, kernel, bias):
-        with dpjax._ghost._recording(None) as tape:
-            out = dpjax.ghost_conv(
-                x,
-                kernel,
-                bias,
-                **{
-                    k: v
-                    for k, v in options.items()
-                    if k in ("strides", "padding", "kernel_dilation")
-                },
-            )
-        call = tape.calls[0]
-        rows = call.to_rows(call.inputs)
-        flat = rows @ kernel.reshape(-1, kernel.shape[-1]) + bias[None, None]
+    conv_options = {k: v for k, v in options.items() if k in ("strides", "padding")}
+    conv_options["dilation"] = options.get("kernel_dilation", 1)
+    kernel, bias = ghost.kernel[...], ghost.bias[...]
+
+    @jax.jit
+    def both(x):
+        spec = _ConvSpec.build(
+            x.shape, kernel.shape, **{"strides": 1, "padding": "SAME"} | conv_options
+        )
+        flat = spec.rows(x) @ kernel.reshape(-1, kernel.shape[-1])
+        out = spec.apply(x, kernel)
         return out, flat.reshape(out.shape)
 
-    out, flat = jax.jit(via_patches)(x, ghost.kernel[...], ghost.bias[...])
+    out, flat = both(x)
     np.testing.assert_allclose(flat, out, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(out, plain(x), rtol=1e-5, atol=1e-5)
+    full = out + bias.reshape((1,) * (out.ndim - 1) + (-1,))
+    np.testing.assert_allclose(full, plain(x), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("case", list(_CONV_CASES))
