@@ -8,9 +8,10 @@ transformer block:
   on the full batch of per-example gradients.
 * ``dpjax / microbatch``: ``dpjax.accumulate_clipped_grads`` (microbatches of
   B/4 under ``lax.scan``) -> ``dpjax.noisy_mean`` -> ``optax.adam``.
-* ``dpjax / ghost``: ``dpjax.ghost_clipped_grads`` (ghost clipping, no
-  per-example gradients) -> ``dpjax.noisy_mean`` -> ``optax.adam``; models
-  built from ``dpjax.GhostLinear`` only (the MLP).
+* ``dpjax / ghost``: ``dpjax.ghost_clipped_grads`` (book-keeping ghost
+  clipping: one backward pass, no per-example gradient array) ->
+  ``dpjax.noisy_mean`` -> ``optax.adam``; every model here is built from
+  dpjax's ghost layers (plain layers outside ghost clipping).
 * ``optax / contrib_dp``: ``optax.contrib.differentially_private_aggregate`` on
   ``vmap``-ed per-example gradients, chained with ``optax.adam``.
 * ``pytorch / non-private``, ``opacus / hooks``, ``opacus / ghost`` when torch
@@ -69,7 +70,7 @@ SPECS: dict[str, dict[str, Any]] = {
     "transformer": {"vocab": 1000, "seq_len": 32, "dim": 64, "heads": 4, "num_classes": 10},
 }
 
-GHOST_MODELS = ("cnn", "mlp")  # every parameter in a dpjax.GhostConv or GhostLinear layer
+GHOST_MODELS = ("cnn", "mlp", "transformer")  # every parameter in a dpjax ghost layer
 JAX_MODES = (
     ("dpjax", "non-private"),
     ("dpjax", "dp_sgd"),
@@ -85,7 +86,10 @@ MEMORY_METHOD = (
     "/proc/self/clear_refs after compilation for JAX, after model/optimizer setup for torch) "
     "and rss_before_steps_mb the RSS at that reset (freed compiler memory is often kept by "
     "the allocator, so it stays counted); rss_start_mb is the RSS after imports, before the "
-    "model is built; peak_device_mb is the accelerator peak (null on CPU)"
+    "model is built; peak_device_mb is the accelerator peak (null on CPU); xla_step_mb (JAX "
+    "only) is the compiled step's own memory from XLA's buffer assignment (arguments + "
+    "outputs + temporaries - donated aliases): the step's memory without the interpreter, "
+    "the compiler or the allocator, the same on CPU and GPU"
 )
 TIMING_METHOD = (
     "median/min/max over steps_timed steps after warm-up; a JAX step is one jax.jit function "
@@ -138,24 +142,30 @@ def transformer_init(key, vocab: int, seq_len: int, dim: int, heads: int, num_cl
 
 
 def transformer_apply(params: dict, tokens, *, heads: int):
-    """Logits ``(B, num_classes)`` for integer tokens ``(B, T)``; the torch mirror is identical."""
+    """Logits ``(B, num_classes)`` for integer tokens ``(B, T)``; the torch mirror is identical.
+
+    Written with dpjax's ghost layers (plain operations outside ghost clipping), so
+    every mode times the same function and ``dpjax / ghost`` can clip it.
+    """
     import jax
     import jax.numpy as jnp
 
-    def lead(v, x):  # explicit broadcasting (the tests forbid implicit rank promotion)
-        return v.reshape((1,) * (x.ndim - v.ndim) + v.shape)
+    import dpjax
 
     def layer_norm(p, x):
         mean = x.mean(-1, keepdims=True)
-        var = x.var(-1, keepdims=True)
-        return (x - mean) * jax.lax.rsqrt(var + 1e-5) * lead(p["scale"], x) + lead(p["bias"], x)
+        normed = (x - mean) * jax.lax.rsqrt(x.var(-1, keepdims=True) + 1e-5)
+        return dpjax.ghost_scale_shift(normed, p["scale"], p["bias"])
 
     def dense(p, x):
-        y = x @ p["w"]
-        return y + lead(p["b"], y)
+        return dpjax.ghost_dense(x, p["w"], p["b"])
 
     b, t = tokens.shape
-    x = params["embed"][tokens] + params["pos"][None, :t]
+    if t != params["pos"].shape[0]:
+        raise ValueError(
+            f"tokens have length {t}; the model was built for {params['pos'].shape[0]}."
+        )
+    x = dpjax.ghost_scale_shift(dpjax.ghost_embed(tokens, params["embed"]), shift=params["pos"])
     q, k, v = jnp.split(dense(params["qkv"], layer_norm(params["ln1"], x)), 3, axis=-1)
     q, k, v = (z.reshape(b, t, heads, -1) for z in (q, k, v))
     att = jax.nn.dot_product_attention(q, k, v)
@@ -291,11 +301,19 @@ def make_jax_step(framework: str, mode: str, apply, batch_size: int, microbatch:
     return step, tx
 
 
-def time_compiled(fn, args, steps: int, warmup: int, carry: bool) -> tuple[float, list[float], Any]:
-    """Compiles ``fn`` (jit) for ``args``, runs it; returns ``(compile_s, step_times_s, last_out)``.
+def time_compiled(
+    fn, args, steps: int, warmup: int, carry: bool
+) -> tuple[float, list[float], Any, float | None]:
+    """Compiles ``fn`` (jit) for ``args``, runs it.
 
     With ``carry``, the first two outputs are fed back as the first two inputs
     (params, optimizer state), as in training; the inputs are donated.
+
+    Returns:
+      ``(compile_s, step_times_s, last_out, xla_step_mb)``; ``xla_step_mb`` is the
+      compiled step's own memory from XLA's buffer assignment (arguments +
+      outputs + temporaries - donated aliases), free of interpreter, compiler and
+      allocator noise; None where the backend does not report it.
     """
     import jax
 
@@ -305,6 +323,7 @@ def time_compiled(fn, args, steps: int, warmup: int, carry: bool) -> tuple[float
     t0 = time.perf_counter()
     compiled = jitted.lower(*args).compile()
     compile_s = time.perf_counter() - t0
+    step_mb = _xla_step_mb(compiled)
     reset_peak_rss()  # the step peak below excludes the compiler's own memory
     args = list(args)
     times = []
@@ -316,7 +335,21 @@ def time_compiled(fn, args, steps: int, warmup: int, carry: bool) -> tuple[float
             times.append(time.perf_counter() - t0)
         if carry:
             args[0], args[1] = out
-    return compile_s, times, out
+    return compile_s, times, out, step_mb
+
+
+def _xla_step_mb(compiled) -> float | None:
+    try:
+        m = compiled.memory_analysis()
+        total = (
+            m.argument_size_in_bytes
+            + m.output_size_in_bytes
+            + m.temp_size_in_bytes
+            - m.alias_size_in_bytes
+        )
+    except (AttributeError, NotImplementedError, TypeError):
+        return None
+    return total / 2**20
 
 
 def num_params(params) -> int:
@@ -354,12 +387,13 @@ def run_jax_config(cfg: dict[str, Any]) -> dict[str, Any]:
     mask = jnp.ones((b,), bool)
     step, tx = make_jax_step(cfg["framework"], cfg["mode"], apply, b, cfg.get("microbatch"))
     n = num_params(params)
-    compile_s, times, _ = time_compiled(
+    compile_s, times, _, step_mb = time_compiled(
         step, (params, tx.init(params), x, y, mask), cfg["steps"], cfg["warmup"], True
     )
     return {
         **_summary(times),
         "compile_s": compile_s,
+        "xla_step_mb": step_mb,
         "num_params": n,
         "peak_device_mb": jax_peak_device_mb(),
         "device": jax_device(),
@@ -370,8 +404,9 @@ def run_jax_breakdown(cfg: dict[str, Any]) -> dict[str, Any]:
     """Median ms of the pieces of a dpjax DP step, each jitted on its own.
 
     ``grad_mean`` (non-private gradient only), ``per_example_grads``,
-    ``+clip_and_sum``, ``+noise`` (clip + dp_aggregate's noise and scaling) and
-    ``full_dp_sgd_step`` (with Adam and apply). Differences between successive
+    ``+clip_and_sum``, ``+noise`` (clip + dp_aggregate's noise and scaling),
+    ``ghost_clipped_sum`` (book-keeping ghost clipping), and ``full_dp_sgd_step``
+    / ``full_ghost_step`` (with noise, Adam and apply). Differences between successive
     pieces estimate each stage's cost (XLA fuses across stages in the full step,
     so they are estimates).
     """
@@ -395,6 +430,12 @@ def run_jax_breakdown(cfg: dict[str, Any]) -> dict[str, Any]:
         return optax.softmax_cross_entropy_with_integer_labels(apply(p, x), y).mean()
 
     grads_fn = dpjax.per_example_grads(loss_one)
+    ghost = dpjax.ghost_clipped_grads(
+        lambda p, batch: optax.softmax_cross_entropy_with_integer_labels(
+            apply(p, batch[0]), batch[1]
+        ),
+        l2_norm=c,
+    )
     agg = dpjax.dp_aggregate(c, sigma, b, key=jax.random.key(42))
     agg_state = agg.init(params)
     pieces = {
@@ -402,18 +443,20 @@ def run_jax_breakdown(cfg: dict[str, Any]) -> dict[str, Any]:
         "per_example_grads": lambda p, s, x, y, m: grads_fn(p, (x, y)),
         "+clip_and_sum": lambda p, s, x, y, m: dpjax.clip_and_sum(grads_fn(p, (x, y)), c, m)[0],
         "+noise": lambda p, s, x, y, m: agg.update(grads_fn(p, (x, y)), s, p, mask=m)[0],
+        "ghost_clipped_sum": lambda p, s, x, y, m: ghost(p, (x, y), m)[0],
     }
     out: dict[str, Any] = {}
     for name, fn in pieces.items():
-        _, times, _ = time_compiled(
+        _, times, _, _ = time_compiled(
             fn, (params, agg_state, x, y, mask), cfg["steps"], cfg["warmup"], False
         )
         out[name] = 1e3 * statistics.median(times)
-    step, tx = make_jax_step("dpjax", "dp_sgd", apply, b)
-    _, times, _ = time_compiled(
-        step, (params, tx.init(params), x, y, mask), cfg["steps"], cfg["warmup"], True
-    )
-    out["full_dp_sgd_step"] = 1e3 * statistics.median(times)
+    for mode in ("dp_sgd", "ghost"):
+        step, tx = make_jax_step("dpjax", mode, apply, b)
+        _, times, _, _ = time_compiled(
+            step, (params, tx.init(params), x, y, mask), cfg["steps"], cfg["warmup"], True
+        )
+        out[f"full_{mode}_step"] = 1e3 * statistics.median(times)
     return {"median_ms_by_piece": out, "device": jax_device()}
 
 
@@ -543,6 +586,8 @@ def add_ratios(
             continue
         r["ms_ratio_vs_nonprivate"] = r["median_ms"] / b["median_ms"]
         r["mem_ratio_vs_nonprivate"] = r["peak_rss_mb"] / b["peak_rss_mb"]
+        if r.get("xla_step_mb") and b.get("xla_step_mb"):
+            r["xla_mem_ratio_vs_nonprivate"] = r["xla_step_mb"] / b["xla_step_mb"]
         if r.get("peak_device_mb") and b.get("peak_device_mb"):
             r["device_mem_ratio_vs_nonprivate"] = r["peak_device_mb"] / b["peak_device_mb"]
 
@@ -680,7 +725,7 @@ def main(argv: list[str] | None = None) -> None:
                 cfg["microbatch"] = max(1, b // 4)
             if (framework, mode) == ("dpjax", "ghost") and model not in GHOST_MODELS:
                 records.append(
-                    {**cfg, "skipped": "skipped: model has parameters outside dense layers"}
+                    {**cfg, "skipped": "skipped: model has parameters outside ghost layers"}
                 )
                 continue
             if FAMILY[framework] == "torch" and not have_torch:

@@ -72,7 +72,9 @@ EPSILONS = (0.5, 1.0, 2.0, 3.0, 8.0, math.inf)
 QUICK_EPSILONS = (1.0, 3.0, math.inf)
 NOT_PRIVATE = "NOT PRIVATE"
 DEFAULT_JSON = HERE / "results" / "utility.json"
-QUICK_JSON = HERE / "results" / "quick" / "utility.json"  # --quick never overwrites the full results
+QUICK_JSON = (
+    HERE / "results" / "quick" / "utility.json"
+)  # --quick never overwrites the full results
 CACHE_DIR = HERE / "results" / "utility_runs"
 
 # (dataset, model) pairs of the curves.

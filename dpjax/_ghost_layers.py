@@ -488,7 +488,8 @@ class GhostEmbed(nnx.Embed):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        _refuse("GhostEmbed", {"dtype": (self.dtype, self.dtype is not None)})
+        dtype = self.dtype
+        _refuse("GhostEmbed", {"dtype": (dtype, dtype not in (None, self.param_dtype))})
 
     def __call__(self, inputs: jax.Array) -> jax.Array:  # type: ignore[override]
         if not jnp.issubdtype(inputs.dtype, jnp.integer):

@@ -9,7 +9,11 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+import optax
 import pytest
+
+import dpjax
 
 BENCH = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCH))
@@ -22,7 +26,7 @@ TINY = {
 }
 
 
-CASES = [(*fm, "mlp") for fm in speed.JAX_MODES]  # the transformer: see test below
+CASES = [(*fm, "mlp") for fm in speed.JAX_MODES] + [("dpjax", "ghost", "transformer")]
 
 
 @pytest.mark.parametrize(("framework", "mode", "model"), CASES)
@@ -31,10 +35,11 @@ def test_jax_step_runs_jitted_and_changes_params(framework, mode, model):
     apply, params = speed.jax_model(model, spec)
     x, y = speed.jax_inputs(model, spec, 8)
     step, tx = speed.make_jax_step(framework, mode, apply, 8, microbatch=4)
-    _, times, (new_params, _) = speed.time_compiled(
+    _, times, (new_params, _), step_mb = speed.time_compiled(
         step, (params, tx.init(params), x, y, jnp.ones(8, bool)), steps=2, warmup=0, carry=True
     )
     assert len(times) == 2 and all(t > 0 for t in times)
+    assert step_mb is not None and step_mb > 0
     moved = jax.tree.map(lambda a, b: jnp.any(a != b), params, new_params)
     assert any(jax.tree.leaves(moved))
     assert all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(new_params))
@@ -48,6 +53,25 @@ def test_transformer_is_per_example_independent():
     one = apply(params, x[1:2])
     assert full.shape == (4, 3)
     assert jnp.allclose(full[1], one[0], atol=1e-5)
+
+
+def test_transformer_ghost_clipping_equals_vmap_clipping():
+    spec = TINY["transformer"]
+    apply, params = speed.jax_model("transformer", spec)
+    x, y = speed.jax_inputs("transformer", spec, 6)
+
+    def losses(p, batch):
+        return optax.softmax_cross_entropy_with_integer_labels(apply(p, batch[0]), batch[1])
+
+    def one(p, example):
+        return losses(p, (example[0][None], example[1][None]))[0]
+
+    got, _ = jax.jit(dpjax.ghost_clipped_grads(losses, l2_norm=0.01))(params, (x, y), None)
+    want, _ = jax.jit(lambda p, b: dpjax.clip_and_sum(dpjax.per_example_grads(one)(p, b), 0.01))(
+        params, (x, y)
+    )
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
 
 
 def test_ratios_use_the_same_family_baseline():

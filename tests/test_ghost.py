@@ -369,3 +369,76 @@ def test_trainer_cnn_ghost_and_vmap_paths_train_the_same_model():
     assert ghost.summary["clipping"] == "ghost" and vmap.summary["clipping"] == "vmap"
     for a, b in zip(jax.tree.leaves(ghost.params), jax.tree.leaves(vmap.params), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+# --- embeddings, LayerNorm and positional embeddings: a transformer block from ghost layers ----
+
+
+class _TinyTransformer(nnx.Module):
+    """Embedding + learned positions + pre-LN attention block + mean-pooled head."""
+
+    def __init__(self, vocab, seq_len, dim, rngs):
+        self.embed = dpjax.GhostEmbed(vocab, dim, rngs=rngs)
+        self.pos = nnx.Param(0.1 * jax.random.normal(rngs.params(), (seq_len, dim)))
+        self.ln = dpjax.GhostLayerNorm(dim, rngs=rngs)
+        self.qkv = dpjax.GhostLinear(dim, 3 * dim, rngs=rngs)
+        self.out = dpjax.GhostLinear(dim, dim, rngs=rngs)
+        self.head = dpjax.GhostLinear(dim, 3, rngs=rngs)
+
+    def __call__(self, tokens):
+        x = dpjax.ghost_scale_shift(self.embed(tokens), shift=self.pos[...])
+        q, k, v = jnp.split(self.qkv(self.ln(x)), 3, axis=-1)
+        att = jax.nn.softmax(q @ k.transpose(0, 2, 1) / np.sqrt(q.shape[-1]), axis=-1) @ v
+        return self.head(jnp.tanh(x + self.out(att)).mean(axis=1))
+
+
+def test_ghost_embed_and_layernorm_match_flax():
+    tokens = jnp.array([[0, 3, 3, 9], [1, 1, 1, 1]])
+    ghost, plain = dpjax.GhostEmbed(10, 4, rngs=nnx.Rngs(0)), nnx.Embed(10, 4, rngs=nnx.Rngs(0))
+    np.testing.assert_allclose(ghost(tokens), plain(tokens), rtol=1e-6)
+    x = jax.random.normal(jax.random.key(0), (2, 5, 4)) * 3 + 1
+    ln, plain_ln = dpjax.GhostLayerNorm(4, rngs=nnx.Rngs(0)), nnx.LayerNorm(4, rngs=nnx.Rngs(0))
+    ln.scale[...] = jnp.arange(1.0, 5.0)
+    plain_ln.scale[...] = jnp.arange(1.0, 5.0)
+    np.testing.assert_allclose(ln(x), plain_ln(x), rtol=1e-4, atol=1e-5)
+
+
+def test_transformer_from_ghost_layers_under_jit_equals_an_eager_loop(monkeypatch):
+    monkeypatch.setattr(dpjax._ghost, "_CHUNK", 4)
+    graphdef, params = nnx.split(_TinyTransformer(11, 6, 8, nnx.Rngs(0)), nnx.Param)
+    tokens = jax.random.randint(jax.random.key(1), (9, 6), 0, 11)
+    tokens = tokens.at[0].set(jnp.array([2, 2, 2, 5, 5, 2]))  # repeated tokens in one example
+    tokens = tokens.at[1, 0].set(-1)  # jnp.take reads row 10: the same row as token 10
+    tokens = tokens.at[1, 1].set(10)
+    y = jnp.arange(9) % 3
+    mask = jnp.array([True] * 7 + [False, True])
+    stats = _check_against_eager(
+        lambda p, t: nnx.merge(graphdef, p)(t), params, tokens, y, mask, c=0.05
+    )
+    assert int(stats.num_clipped) >= 1
+
+
+@pytest.mark.parametrize(
+    "scale_shape, shift_shape",
+    [(None, None), ((3,), (4,)), ((2, 4, 3), None), ((5,), None)],
+    ids=["neither", "mismatched", "no-example-axis", "not-trailing"],
+)
+def test_ghost_scale_shift_validates_shapes(scale_shape, shift_shape):
+    x = jnp.ones((2, 4, 3))
+    scale = None if scale_shape is None else jnp.ones(scale_shape)
+    shift = None if shift_shape is None else jnp.ones(shift_shape)
+    with pytest.raises(ValueError, match="ghost_scale_shift got x of shape"):
+        dpjax.ghost_scale_shift(x, scale, shift)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: dpjax.GhostLayerNorm(4, reduction_axes=(-2, -1), rngs=nnx.Rngs(0)),
+        lambda: dpjax.GhostEmbed(4, 2, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)),
+    ],
+    ids=["layernorm-axes", "embed-dtype"],
+)
+def test_ghost_norm_and_embed_refuse_options_they_cannot_clip(build):
+    with pytest.raises(ValueError, match="does not support"):
+        build()
