@@ -41,16 +41,18 @@ def speed(out: list[str]) -> None:
         "",
     ]
     out += [
-        "| model | B | framework / mode | median ms | ×non-private | peak RSS MB | mem ×non-private |"
+        "| model | B | framework / mode | median ms | ×non-private | peak RSS MB | RSS ×non-private "
+        "| XLA step MB | XLA mem ×non-private |"
     ]
-    out += ["|---|---:|---|---:|---:|---:|---:|"]
+    out += ["|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in data["records"]:
         if "median_ms" not in r:
             continue
         out.append(
             f"| {r['model']} | {r['batch_size']} | {r['framework']} / {r['mode']} | {_fmt(r['median_ms'])} | "
             f"{_fmt(r.get('ms_ratio_vs_nonprivate'), '.2f')} | {_fmt(r.get('peak_rss_mb'), '.0f')} | "
-            f"{_fmt(r.get('mem_ratio_vs_nonprivate'), '.2f')} |"
+            f"{_fmt(r.get('mem_ratio_vs_nonprivate'), '.2f')} | {_fmt(r.get('xla_step_mb'), '.1f')} | "
+            f"{_fmt(r.get('xla_mem_ratio_vs_nonprivate'), '.2f')} |"
         )
     rows = data.get("dpjax_vs_opacus") or []
     if rows:
@@ -128,8 +130,8 @@ def scaling(out: list[str]) -> None:
     out += [
         f"### Scaling (`scaling.py`; {_machine(data)})",
         "",
-        "| sweep | model | B | params | non-private ms | DP ms | DP ×np | DP mem ×np |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| sweep | model | B | params | mode | non-private ms | DP ms | DP ×np | RSS ×np | XLA mem ×np |",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     base = {}
     for r in data["records"]:
@@ -140,9 +142,10 @@ def scaling(out: list[str]) -> None:
             continue
         b = base.get((r["sweep"], r["model"], r["batch_size"], r.get("width")))
         out.append(
-            f"| {r['sweep']} | {r['model']} | {r['batch_size']} | {r['num_params']:,} | "
+            f"| {r['sweep']} | {r['model']} | {r['batch_size']} | {r['num_params']:,} | {r['mode']} | "
             f"{_fmt(b and b['median_ms'])} | {_fmt(r['median_ms'])} | "
-            f"{_fmt(r.get('ms_ratio_vs_nonprivate'), '.2f')} | {_fmt(r.get('mem_ratio_vs_nonprivate'), '.2f')} |"
+            f"{_fmt(r.get('ms_ratio_vs_nonprivate'), '.2f')} | {_fmt(r.get('mem_ratio_vs_nonprivate'), '.2f')} | "
+            f"{_fmt(r.get('xla_mem_ratio_vs_nonprivate'), '.2f')} |"
         )
     out.append("")
 

@@ -1,9 +1,9 @@
 """How a dpjax DP-SGD step scales with batch size and with parameter count.
 
 Two sweeps, each comparing ``dpjax / dp_sgd`` (per-example gradients of the
-whole batch -> ``dpjax.dp_sgd(optax.adam)``) and, for the MLP, ``dpjax / ghost``
-(ghost clipping) with ``dpjax / non-private`` (``jax.grad`` of the mean loss +
-``optax.adam``):
+whole batch -> ``dpjax.dp_sgd(optax.adam)``) and ``dpjax / ghost`` (book-keeping
+ghost clipping, one backward pass) with ``dpjax / non-private`` (``jax.grad`` of
+the mean loss + ``optax.adam``):
 
 * batch size, for the standard DP CNN (28x28x1);
 * parameter count, for an MLP with two tanh hidden layers of width w, at a

@@ -62,7 +62,7 @@ class _MatmulGrads:
                 grad = to_rows(xi[None])[0].T @ gi
                 return jnp.sum(grad**2), grad
 
-            sq, self.per_example = per_example_map(one, (x, gs))
+            sq, self.per_example = per_example_map(one, (x, gs), 4 * (t * (k + o) + k * o))
         else:
 
             def one(example):
@@ -70,7 +70,7 @@ class _MatmulGrads:
                 rows = to_rows(xi[None])[0]
                 return jnp.sum((rows @ rows.T) * (gi @ gi.T))
 
-            sq = per_example_map(one, (x, gs))
+            sq = per_example_map(one, (x, gs), 4 * (t * (k + o) + 2 * t * t))
         self.sq_norms = sq if self.bias is None else sq + jnp.sum(self.bias**2, axis=1)
 
     def weighted_sum(self, w, keep):
@@ -277,7 +277,8 @@ class _EmbedGrads:
             ti, gi = example
             return jnp.sum(jnp.where(ti[:, None] == ti[None, :], gi @ gi.T, 0.0))
 
-        self.sq_norms = per_example_map(one, (toks, gs))
+        t, d = gs.shape[1], gs.shape[2]
+        self.sq_norms = per_example_map(one, (toks, gs), 4 * (t * d + 2 * t * t))
 
     def weighted_sum(self, w, keep):
         g = keep_rows(keep, self.g * w.reshape((-1,) + (1,) * (self.g.ndim - 1)))
