@@ -84,6 +84,19 @@ def _recording(taps: Sequence[jax.Array] | None) -> Iterator[_Tape]:
         _TAPE.tape = previous
 
 
+def layer_params(*params: jax.Array | None) -> tuple[jax.Array | None, ...]:
+    """The parameters a ghost layer computes with.
+
+    They are the parameters themselves, except while :func:`_discover` traces the
+    model: then they are zeros of the same shape that do not depend on them, so
+    any other use of a parameter shows in the traced program and is refused.
+    """
+    tape = getattr(_TAPE, "tape", None)
+    if tape is None or tape.taps is not None:
+        return params
+    return tuple(None if p is None else jnp.zeros(p.shape, p.dtype) for p in params)
+
+
 def record_layer(
     out: jax.Array,
     inputs: jax.Array,
@@ -107,9 +120,11 @@ def per_example_map(fn: Callable, xs: PyTree, bytes_per_example: int) -> Any:
     return lax.map(fn, xs, batch_size=max(1, min(b, chunk)))
 
 
-def keep_rows(keep: jax.Array, v: jax.Array) -> jax.Array:
-    """`v` with the rows outside `keep` replaced by zeros (NaN/inf included)."""
-    return jnp.where(keep.reshape((-1,) + (1,) * (v.ndim - 1)), v, jnp.zeros((), v.dtype))
+def keep_rows(keep: jax.Array, v: jax.Array, w: jax.Array | None = None) -> jax.Array:
+    """`v` (times the per-row weights `w`) with the rows outside `keep` set to 0, NaN/inf too."""
+    column = (-1,) + (1,) * (v.ndim - 1)
+    v = v if w is None else v * w.reshape(column)
+    return jnp.where(keep.reshape(column), v, jnp.zeros((), v.dtype))
 
 
 def ghost_clipped_grads(
@@ -182,12 +197,12 @@ def ghost_clipped_grads(
             raise ValueError(
                 f"mask has shape {mask.shape} but the batch has {b} rows; pass shape ({b},)."
             )
-        outs, slots, treedef = _discover(losses_fn, params, batch)
+        outs, slots, treedef = _discover(losses_fn, params, batch, b)
         calls: list[_Call] = []
 
         def tapped_loss(taps):
             with _recording(taps) as tape:
-                loss = jnp.sum(jnp.where(mask, losses_fn(params, batch), 0.0))
+                loss = jnp.sum(jnp.where(mask, _check_losses(losses_fn(params, batch), b), 0.0))
             calls.extend(tape.calls)
             return loss, [call.inputs for call in tape.calls]
 
@@ -218,52 +233,80 @@ def ghost_clipped_grads(
     return fn
 
 
+def _check_losses(losses: jax.Array, b: int) -> jax.Array:
+    if jnp.shape(losses) != (b,):
+        raise ValueError(
+            f"losses_fn returned shape {jnp.shape(losses)}; ghost clipping needs one loss per "
+            f"example, shape ({b},)."
+        )
+    return losses
+
+
 def _float32(x: jax.Array) -> jax.Array:
     return x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.inexact) else x
 
 
-def _discover(losses_fn: Callable, params: PyTree, batch: PyTree) -> tuple[list, list, Any]:
+def _discover(losses_fn: Callable, params: PyTree, batch: PyTree, b: int) -> tuple[list, list, Any]:
     """Traces `losses_fn` once (shapes only) and maps each ghost layer call to its parameters.
 
     Every parameter leaf must reach exactly one ghost layer, unchanged (the
-    same traced array): then the per-layer norms add up to each example's
-    whole gradient norm. A parameter used elsewhere, transformed first, or
-    used twice (weight tying) fails the check.
+    same traced array), and nothing else: then the per-layer norms add up to
+    each example's whole gradient norm. While tracing, ghost layers compute
+    with stand-ins (:func:`layer_params`), so a parameter that the traced
+    program still reads is used outside a ghost layer. Every layer's input and
+    output must have the examples on their first axis.
 
     Returns:
       `(outputs, slots, treedef)`: per ghost layer call, in call order, its
       output shape and, per parameter slot, `(leaf index, shape, dtype)` or None.
 
     Raises:
-      ValueError: unless every parameter is used by exactly one ghost layer.
+      ValueError: unless every parameter is used by exactly one ghost layer and
+        nothing else, or if a layer's first axis is not the batch.
     """
     traced: list = []
-    used_ids: list = []
+    calls: list = []
 
-    def trace(p, b):  # a fresh function each call: no trace cache
+    def trace(p, batch_):  # a fresh function each call: no trace cache
         traced.extend(jax.tree.leaves(p))
         with _recording(None) as tape:
-            losses_fn(p, b)
-        used_ids.extend(tuple(None if a is None else id(a) for a in c.params) for c in tape.calls)
+            losses_fn(p, batch_)
+        calls.extend(tape.calls)
         return [call.out for call in tape.calls]
 
-    outs = jax.eval_shape(trace, params, batch)
+    closed, outs = jax.make_jaxpr(trace, return_shape=True)(params, batch)
+    n = len(traced)
+    leaves = jax.tree.leaves(params)
+    shapes = [tuple(p.shape) for p in leaves]
+    param_vars = {v: i for i, v in enumerate(closed.jaxpr.invars[:n])}
+    read = {
+        param_vars[v]
+        for eqn in closed.jaxpr.eqns
+        for v in eqn.invars
+        if not isinstance(v, jax.extend.core.Literal) and v in param_vars
+    } | {param_vars[v] for v in closed.jaxpr.outvars if v in param_vars}
     position = {id(leaf): i for i, leaf in enumerate(traced)}
-    used = [i for ids in used_ids for i in ids if i is not None]
-    if sorted(used) != sorted(position):
+    used_ids = [tuple(None if a is None else id(a) for a in c.params) for c in calls]
+    used = [position.get(i, -1) for ids in used_ids for i in ids if i is not None]
+    if read or sorted(used) != list(range(n)):
         raise ValueError(
             "ghost clipping needs every parameter to be used, unchanged, by exactly one ghost "
             "layer (GhostLinear/GhostConv/GhostEmbed/GhostLayerNorm/GhostDense or the ghost_* "
-            f"functions); the ghost layers used {len(used)} arrays but the model has "
-            f"{len(traced)} parameters of shapes {[tuple(p.shape) for p in traced]}. Use "
+            f"functions) and nowhere else; the ghost layers used {len(used)} arrays (and the "
+            f"model reads parameters of shapes {[shapes[i] for i in sorted(read)]} outside them) "
+            f"but the model has {n} parameters of shapes {shapes}. Use "
             "dpjax.per_example_grads (vmap) for this model, or build it from ghost layers."
         )
-    leaves = jax.tree.leaves(params)
+    for i, call in enumerate(calls):
+        if jnp.shape(call.inputs)[:1] != (b,) or jnp.shape(call.out)[:1] != (b,):
+            raise ValueError(
+                f"ghost layer {i} has input shape {jnp.shape(call.inputs)} and output shape "
+                f"{jnp.shape(call.out)}, but the batch has {b} examples; every ghost layer must "
+                "keep the examples on its first axis (do not broadcast or flatten them)."
+            )
     slots = [
         tuple(
-            None
-            if a is None
-            else (position[a], leaves[position[a]].shape, leaves[position[a]].dtype)
+            None if a is None else (position[a], shapes[position[a]], leaves[position[a]].dtype)
             for a in ids
         )
         for ids in used_ids
@@ -280,7 +323,8 @@ def is_ghost_compatible(losses_fn: Callable, params: PyTree, batch: PyTree) -> b
       batch: an example batch (only shapes are used).
 
     Returns:
-      True if every parameter is used, unchanged, by exactly one ghost layer.
+      True if every parameter is used, unchanged, by exactly one ghost layer and
+      nothing else, and every ghost layer keeps the examples on its first axis.
 
     Example:
       >>> import flax.nnx as nnx, jax.numpy as jnp, dpjax
@@ -290,7 +334,7 @@ def is_ghost_compatible(losses_fn: Callable, params: PyTree, batch: PyTree) -> b
       True
     """
     try:
-        _discover(losses_fn, params, batch)
+        _discover(losses_fn, params, batch, _per_example.batch_size(batch))
     except ValueError:
         return False
     return True

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from dpjax._ghost import keep_rows, per_example_map, record_layer
+from dpjax._ghost import keep_rows, layer_params, per_example_map, record_layer
 
 # ----------------------------------------------------------------------------- dense and conv
 
@@ -47,6 +47,7 @@ class _MatmulGrads:
     """
 
     def __init__(self, x, g, *, to_rows, kernel_grad, has_bias: bool):
+        x = x.astype(jnp.float32)  # integer inputs too: their squares must not wrap around
         gs = g.reshape(g.shape[0], -1, g.shape[-1])
         t, o = gs.shape[1], gs.shape[2]
         k = jax.eval_shape(to_rows, x[:1]).shape[2]
@@ -68,7 +69,9 @@ class _MatmulGrads:
             def one(example):
                 xi, gi = example
                 rows = to_rows(xi[None])[0]
-                return jnp.sum((rows @ rows.T) * (gi @ gi.T))
+                norms = jnp.linalg.norm(rows, axis=1), jnp.linalg.norm(gi, axis=1)
+                grams = _matmul(rows, rows.T), _matmul(gi, gi.T)
+                return _gram_upper_bound(*grams, *norms, k, o)
 
             sq = per_example_map(one, (x, gs), 4 * (t * (k + o) + 2 * t * t))
         self.sq_norms = sq if self.bias is None else sq + jnp.sum(self.bias**2, axis=1)
@@ -77,8 +80,36 @@ class _MatmulGrads:
         dbias = None if self.bias is None else w @ keep_rows(keep, self.bias)
         if self.per_example is not None:
             return jnp.einsum("b,bko->ko", w, keep_rows(keep, self.per_example)), dbias
-        g = keep_rows(keep, self.g * w.reshape((-1,) + (1,) * (self.g.ndim - 1)))
-        return self.kernel_grad(keep_rows(keep, self.x), g), dbias
+        return self.kernel_grad(keep_rows(keep, self.x), keep_rows(keep, self.g, w)), dbias
+
+
+def _matmul(a, b):
+    return jnp.matmul(a, b, precision=lax.Precision.HIGHEST)
+
+
+_F32_UNIT = 2.0**-24
+
+
+def _gram_upper_bound(a, g, a_norms, g_norms, k: int, o: int) -> jax.Array:
+    """An upper bound on the squared norm `sum(A * G)` from its float32 value.
+
+    `A` is the `T x T` Gram matrix of the rows (dot products of length `k`, row
+    norms `a_norms`) or, with `a_norms` None, an exact 0/1 token-equality
+    matrix; `G` the Gram matrix of the output gradients (length `o`, row norms
+    `g_norms`). Rounding in the dot products and the sum can cancel the true
+    value away (two nearly opposite tokens), so the computed value gets the
+    standard first-order error bound, with u = 2^-24 and a factor 2 of margin:
+    `(k+2) u sum |a_t||a_t'| |G| + (o+2) u sum |A| |g_t||g_t'| + (T^2+2) u sum |A G|`
+    (plus the second-order term). Typical overestimate: about 1e-4 of the norm.
+    """
+    t2 = a.shape[0] ** 2
+    g_outer = g_norms[:, None] * g_norms[None, :]
+    err = (o + 2) * jnp.sum(jnp.abs(a) * g_outer) + (t2 + 2) * jnp.sum(jnp.abs(a * g))
+    if a_norms is not None:
+        a_outer = a_norms[:, None] * a_norms[None, :]
+        err = err + (k + 2) * jnp.sum(a_outer * jnp.abs(g))
+        err = err + (k + 2) * (o + 2) * _F32_UNIT * jnp.sum(a_outer * g_outer)
+    return jnp.maximum(jnp.sum(a * g), 0.0) + 2.0 * _F32_UNIT * err
 
 
 def _dense_rows(v):
@@ -109,9 +140,10 @@ def ghost_dense(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None) 
     `bias` gradients are clipped per example; the first axis of `x` must
     therefore index examples, and the layer must not mix them.
     """
-    out = jnp.matmul(x, kernel)
-    if bias is not None:
-        out = out + bias.reshape((1,) * (out.ndim - 1) + (-1,))
+    k, b = layer_params(kernel, bias)
+    out = jnp.matmul(x, k)
+    if b is not None:
+        out = out + b.reshape((1,) * (out.ndim - 1) + (-1,))
 
     def grads(v, g):
         return _MatmulGrads(
@@ -162,9 +194,10 @@ def ghost_conv(
       in Convolutional Neural Networks", 2019, https://arxiv.org/abs/1912.06015.
     """
     spec = _ConvSpec.build(x.shape, kernel.shape, strides, padding, kernel_dilation)
-    out = spec.apply(x, kernel)
-    if bias is not None:
-        out = out + bias.reshape((1,) * (out.ndim - 1) + (-1,))
+    k, b = layer_params(kernel, bias)
+    out = spec.apply(x, k)
+    if b is not None:
+        out = out + b.reshape((1,) * (out.ndim - 1) + (-1,))
 
     def kernel_grad(v, g):  # the ordinary weight gradient: XLA's backward-filter convolution
         return jax.vjp(lambda k: spec.apply(v, k), jnp.zeros(kernel.shape, v.dtype))[1](g)[0]
@@ -273,16 +306,18 @@ class _EmbedGrads:
         gs = g.reshape(b, toks.shape[1], -1)
         self.tokens, self.g, self.table_grad = tokens, g, table_grad
 
+        t, d = gs.shape[1], gs.shape[2]
+
         def one(example):
             ti, gi = example
-            return jnp.sum(jnp.where(ti[:, None] == ti[None, :], gi @ gi.T, 0.0))
+            same = (ti[:, None] == ti[None, :]).astype(jnp.float32)
+            g_norms = jnp.linalg.norm(gi, axis=1)
+            return _gram_upper_bound(same, _matmul(gi, gi.T), None, g_norms, 0, d)
 
-        t, d = gs.shape[1], gs.shape[2]
         self.sq_norms = per_example_map(one, (toks, gs), 4 * (t * d + 2 * t * t))
 
     def weighted_sum(self, w, keep):
-        g = keep_rows(keep, self.g * w.reshape((-1,) + (1,) * (self.g.ndim - 1)))
-        return (self.table_grad(self.tokens, g),)
+        return (self.table_grad(self.tokens, keep_rows(keep, self.g, w)),)
 
 
 def ghost_embed(tokens: jax.Array, table: jax.Array) -> jax.Array:
@@ -308,7 +343,8 @@ def ghost_embed(tokens: jax.Array, table: jax.Array) -> jax.Array:
       Li, Tramer, Liang, Hashimoto, "Large Language Models Can Be Strong
       Differentially Private Learners", ICLR 2022 (ghost clipping of embeddings).
     """
-    out = jnp.take(table, tokens, axis=0)
+    (used_table,) = layer_params(table)
+    out = jnp.take(used_table, tokens, axis=0)
 
     def table_grad(t, g):
         return jax.vjp(lambda tb: jnp.take(tb, t, axis=0), jnp.zeros(table.shape, g.dtype))[1](g)[0]
@@ -326,6 +362,7 @@ class _ScaleShiftGrads:
     """`out = x * scale + shift`, parameters broadcast over the leading axes of `x`."""
 
     def __init__(self, x, g, *, param_ndim: int, has_scale: bool, has_shift: bool):
+        x = x.astype(jnp.float32)
         axes = tuple(range(1, x.ndim - param_ndim))
         self.grads = (
             jnp.sum(g * x, axis=axes) if has_scale else None,  # (B, *param_shape)
@@ -382,11 +419,12 @@ def ghost_scale_shift(
             "trailing axes of x (which keeps its leading example axis)."
         )
     lead = (1,) * (x.ndim - len(shape))
+    used_scale, used_shift = layer_params(scale, shift)
     out = x
-    if scale is not None:
-        out = out * scale.reshape(lead + shape)
-    if shift is not None:
-        out = out + shift.reshape(lead + shape)
+    if used_scale is not None:
+        out = out * used_scale.reshape(lead + shape)
+    if used_shift is not None:
+        out = out + used_shift.reshape(lead + shape)
 
     def grads(v, g):
         return _ScaleShiftGrads(

@@ -442,3 +442,82 @@ def test_ghost_scale_shift_validates_shapes(scale_shape, shift_shape):
 def test_ghost_norm_and_embed_refuse_options_they_cannot_clip(build):
     with pytest.raises(ValueError, match="does not support"):
         build()
+
+
+# --- found in review: cancellation, integer inputs, batch axis, hidden parameter uses -----------
+
+
+def _contribution_norm(losses, params, batch, c):
+    """Norm of one example's contribution: the clipped sum with it minus without it."""
+    clipped = jax.jit(dpjax.ghost_clipped_grads(losses, l2_norm=c))
+    b = jax.tree.leaves(batch)[0].shape[0]
+    with_all, _ = clipped(params, batch, jnp.ones(b, bool))
+    without, _ = clipped(params, batch, jnp.arange(b) != 0)
+    return np.sqrt(
+        sum(
+            np.sum((np.float64(a) - np.float64(w)) ** 2)
+            for a, w in zip(jax.tree.leaves(with_all), jax.tree.leaves(without), strict=True)
+        )
+    )
+
+
+def test_ghost_norm_cancellation_cannot_let_an_example_exceed_c():
+    # Two nearly opposite tokens: the float32 Gram terms (~2^40) cancel to 0 exactly, while the
+    # true gradient norm is 256. Without the rounding bound the example would pass unclipped.
+    x = jnp.zeros((2, 2, 64)).at[0, 0, 0].set(2.0**20 + 2.0**8).at[0, 1, 0].set(-(2.0**20))
+    x = x.at[1, :, 1].set(1.0)
+    params = {"w": jnp.zeros((64, 64))}
+
+    def losses(p, batch):
+        return jnp.sum(dpjax.ghost_dense(batch, p["w"])[..., 0], axis=1)
+
+    assert _contribution_norm(losses, params, x, c=1.0) <= 1.0 + 1e-4
+
+
+def test_integer_inputs_are_clipped():
+    x = jnp.full((3, 20), 16, jnp.uint8)  # 16^2 wraps to 0 in uint8
+    params = {"w": jnp.ones((20, 2)) * 0.01, "b": jnp.zeros(2)}
+
+    def losses(p, batch):
+        return jnp.sum(dpjax.ghost_dense(batch, p["w"], p["b"]) ** 2, axis=1)
+
+    assert _contribution_norm(losses, params, x, c=0.5) <= 0.5 * (1 + 1e-5)
+    _, stats = dpjax.ghost_clipped_grads(losses, l2_norm=0.5)(params, x, None)
+    assert int(stats.num_clipped) == 3
+
+
+def test_a_layer_without_the_examples_on_its_first_axis_is_refused():
+    params = {"w": jnp.ones((3, 2)), "u": jnp.ones((1, 2))}
+
+    def losses(p, batch):  # a batch-independent ghost layer, broadcast over the examples
+        h = dpjax.ghost_dense(batch, p["w"]) + dpjax.ghost_dense(jnp.ones((1, 1)), p["u"])
+        return jnp.sum(h, axis=1)
+
+    with pytest.raises(ValueError, match="first axis"):
+        dpjax.ghost_clipped_grads(losses, l2_norm=1.0)(params, jnp.ones((4, 3)), None)
+
+
+class _TiedHead(nnx.Module):
+    def __init__(self, rngs):
+        self.embed = dpjax.GhostEmbed(7, 4, rngs=rngs)
+
+    def __call__(self, tokens):
+        return self.embed.attend(self.embed(tokens).mean(axis=1))  # the table, used again
+
+
+def test_a_parameter_also_used_outside_its_ghost_layer_is_refused():
+    graphdef, params = nnx.split(_TiedHead(nnx.Rngs(0)), nnx.Param)
+
+    def losses(p, tokens):
+        return jax.nn.logsumexp(nnx.merge(graphdef, p)(tokens), axis=-1)
+
+    tokens = jnp.zeros((3, 5), jnp.int32)
+    assert not dpjax.is_ghost_compatible(losses, params, tokens)
+    with pytest.raises(ValueError, match="outside them"):
+        dpjax.ghost_clipped_grads(losses, l2_norm=1.0)(params, tokens, None)
+
+
+def test_losses_must_be_one_per_example():
+    params, batch, losses, _ = _problem((4, 12))
+    with pytest.raises(ValueError, match="one loss per example"):
+        dpjax.ghost_clipped_grads(lambda p, b: losses(p, b).sum(), l2_norm=1.0)(params, batch, None)
