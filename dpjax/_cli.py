@@ -139,7 +139,8 @@ def _add_train_parser(subparsers: Any) -> None:
         "--clipping",
         choices=CLIPPING_MODES,
         default=d.clipping,
-        help="per-example clipping: vmap, ghost (dense models, much faster) or auto (default)",
+        help="per-example clipping: vmap, ghost (one backward pass; models built from ghost layers: "
+        "logreg, mlp, cnn, linen-mlp) or auto (ghost when possible; the default)",
     )
     parser.add_argument("--json-out", help="write the JSON summary here")
     parser.add_argument("--log", help="write one JSON line per evaluation here")
