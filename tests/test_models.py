@@ -256,3 +256,17 @@ def test_functional_rejects_other_objects():
 def test_docstring_examples_run():
     result = doctest.testmod(_models, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_dpcnn_max_pool_is_nnx_max_pool_with_the_same_gradient():
+    x = jax.random.normal(jax.random.key(3), (2, 13, 13, 4))  # continuous: no ties
+
+    def reference(v):
+        return nnx.max_pool(v, (2, 2), strides=(1, 1))
+
+    ours = _models._max_pool_2x2_stride_1
+    np.testing.assert_array_equal(jax.jit(ours)(x), reference(x))
+    weights = jax.random.normal(jax.random.key(4), (2, 12, 12, 4))
+    grad_ours = jax.jit(jax.grad(lambda v: jnp.sum(ours(v) * weights)))(x)
+    grad_ref = jax.grad(lambda v: jnp.sum(reference(v) * weights))(x)
+    np.testing.assert_allclose(grad_ours, grad_ref, atol=1e-6)
