@@ -210,7 +210,7 @@ def ghost_clipped_grads(
         loss, vjp_fn, inputs = jax.vjp(tapped_loss, taps, has_aux=True)
         (out_grads,) = vjp_fn(jnp.ones_like(loss))
         per_layer = [
-            call.grads(_float32(x), g.astype(jnp.float32))
+            call.grads(x, g.astype(jnp.float32))  # each rule casts its inputs (tokens stay ints)
             for call, x, g in zip(calls, inputs, out_grads, strict=True)
         ]
         norms = jnp.sqrt(sum(layer.sq_norms for layer in per_layer))
@@ -240,10 +240,6 @@ def _check_losses(losses: jax.Array, b: int) -> jax.Array:
             f"example, shape ({b},)."
         )
     return losses
-
-
-def _float32(x: jax.Array) -> jax.Array:
-    return x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.inexact) else x
 
 
 def _discover(losses_fn: Callable, params: PyTree, batch: PyTree, b: int) -> tuple[list, list, Any]:
