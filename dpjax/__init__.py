@@ -52,6 +52,9 @@ from dpjax._models import make_model as make_model
 from dpjax._noise import GaussianNoiseState as GaussianNoiseState
 from dpjax._noise import add_gaussian_noise as add_gaussian_noise
 from dpjax._per_example import per_example_grads as per_example_grads
+from dpjax._random import key_from_seed as key_from_seed
+from dpjax._random import secret_key as secret_key
+from dpjax._random import secret_seed as secret_seed
 from dpjax._sampling import Batch as Batch
 from dpjax._sampling import PoissonSampler as PoissonSampler
 from dpjax._trainer import OPTIMIZERS as OPTIMIZERS

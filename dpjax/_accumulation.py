@@ -33,11 +33,11 @@ def accumulate_clipped_grads(
 
     Returns:
       `fn(params, batch, mask) -> (clipped_sum, ClipStats)`, jittable; `mask` is
-      boolean `(k * microbatch_size,)`.
+      boolean `(k * microbatch_size,)` and required (False for padded rows).
 
     Raises:
       ValueError: if `l2_norm` or `microbatch_size` is invalid; at trace time if the
-        batch size is not a multiple of `microbatch_size`.
+        batch size is not a multiple of `microbatch_size` or the mask is missing.
 
     Example:
       >>> import jax, jax.numpy as jnp, dpjax
@@ -66,12 +66,7 @@ def accumulate_clipped_grads(
                 f"(dpjax.PoissonSampler does) or pick a divisor. Batch shapes: "
                 f"{jax.tree.map(jnp.shape, batch)}"
             )
-        mask = jnp.ones((b,), bool) if mask is None else jnp.asarray(mask)
-        if mask.shape != (b,):
-            raise ValueError(
-                f"mask has shape {mask.shape} but the batch has {b} rows; pass a boolean mask of "
-                f"shape ({b},). Batch shapes: {jax.tree.map(jnp.shape, batch)}"
-            )
+        mask = _validation.check_mask(mask, b, jax.tree.map(jnp.shape, batch))
         k = b // m
         if k == 1:  # no loop: XLA's CPU backend runs convolutions inside loops several times slower
             return _clipping.clip_and_sum_unchecked(grads_fn(params, batch), c, mask)

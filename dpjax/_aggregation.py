@@ -185,7 +185,8 @@ def non_private_aggregate(expected_batch_size: float) -> optax.GradientTransform
       >>> with warnings.catch_warnings():
       ...     warnings.simplefilter("ignore", dpjax.NotPrivateWarning)
       ...     tx = dpjax.non_private_aggregate(2)
-      >>> float(tx.update(jnp.array([[1.0], [3.0]]), tx.init(None))[0][0])
+      >>> g = jnp.array([[1.0], [3.0]])
+      >>> float(tx.update(g, tx.init(None), mask=jnp.ones(2, bool))[0][0])
       2.0
 
     **Privacy:** NONE. Nothing bounds an example's influence.

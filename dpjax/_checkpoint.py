@@ -1,7 +1,8 @@
 """Checkpoints of a training run's arrays and accounting (host side).
 
 A checkpoint is one `.npz` file: the leaves of a pytree (PRNG keys stored as
-their key data) plus a JSON metadata record (step, accountant state, seeds).
+their key data) plus a JSON metadata record (step, accountant state, the secret
+seed). It is SENSITIVE: keep it with the data, never share it.
 It is written atomically and read without pickle, so loading a checkpoint
 never executes code from it.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +39,11 @@ def save_checkpoint(path: str | os.PathLike, tree: PyTree, metadata: dict[str, A
     Raises:
       TypeError: if `metadata` is not JSON-serializable.
 
-    **Privacy:** a checkpoint holds the unreleased model, the optimizer state
-    and the seeds that generate the noise: protect it like the training data.
+    **Privacy:** a checkpoint is SENSITIVE, never meant to be shared: it holds
+    the unreleased model and optimizer state (including the noise key) and the
+    run's secret seed (which regenerates the noise and the batches). Anyone who
+    has it can subtract the noise of every step. Protect it like the training
+    data.
     """
     leaves = jax.tree.leaves(jax.device_get(tree))
     arrays = {}
@@ -57,10 +62,50 @@ def save_checkpoint(path: str | os.PathLike, tree: PyTree, metadata: dict[str, A
     os.replace(tmp, path)
 
 
+def _corrupt(path: str | os.PathLike, why: str) -> ValueError:
+    return ValueError(
+        f"checkpoint={str(path)!r} is not a readable dpjax checkpoint ({why}); it is corrupt, "
+        "truncated or was not written by dpjax. Restore a good copy, or pass a new checkpoint "
+        "path to start a new run (its budget starts from zero: never do that to dodge a budget)."
+    )
+
+
+def _open(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Metadata and arrays of a checkpoint; every way a file can be bad becomes a ValueError."""
+    try:
+        # Our own file handle: np.load leaks its handle when the archive is corrupt.
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise _corrupt(path, "not an .npz archive")
+            names = list(data.files)
+            if META_KEY not in names:
+                raise _corrupt(path, "no metadata record")
+            raw = data[META_KEY]
+            arrays = {name: data[name] for name in names if name != META_KEY}
+    except ValueError as err:
+        if str(err).startswith("checkpoint="):
+            raise
+        raise _corrupt(path, f"{type(err).__name__}: {err}") from err
+    except (OSError, EOFError, KeyError, TypeError, AttributeError, zipfile.BadZipFile) as err:
+        raise _corrupt(path, f"{type(err).__name__}: {err}") from err
+    if raw.dtype != np.uint8 or raw.ndim != 1:
+        raise _corrupt(path, "metadata record is not JSON bytes")
+    try:
+        metadata = json.loads(raw.tobytes().decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise _corrupt(path, f"metadata is not JSON: {err}") from err
+    if not isinstance(metadata, dict):
+        raise _corrupt(path, "metadata is not a JSON object")
+    return metadata, arrays
+
+
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The JSON metadata of a checkpoint written by :func:`save_checkpoint` (no arrays loaded)."""
-    with np.load(path, allow_pickle=False) as data:
-        return json.loads(data[META_KEY].tobytes().decode())
+    """The JSON metadata of a checkpoint written by :func:`save_checkpoint`.
+
+    Raises:
+      ValueError: if the file is not a readable dpjax checkpoint.
+    """
+    return _open(path)[0]
 
 
 def load_checkpoint(path: str | os.PathLike, like: PyTree) -> tuple[PyTree, dict[str, Any]]:
@@ -75,26 +120,40 @@ def load_checkpoint(path: str | os.PathLike, like: PyTree) -> tuple[PyTree, dict
       `(tree, metadata)`.
 
     Raises:
-      ValueError: if the saved leaves do not match `like` (count, shape or dtype).
+      ValueError: if the file is corrupt or truncated, or its leaves do not
+        match `like` (count, names, shape, dtype or key type).
     """
-    with np.load(path, allow_pickle=False) as data:
-        metadata = json.loads(data[META_KEY].tobytes().decode())
-        saved = {name: data[name] for name in data.files if name != META_KEY}
+    metadata, saved = _open(path)
     like_leaves, treedef = jax.tree.flatten(like)
     if len(saved) != len(like_leaves):
         raise ValueError(
             f"checkpoint {str(path)!r} holds {len(saved)} arrays but the run expects {len(like_leaves)}; "
             "it was written by a different model or optimizer. Pass a new checkpoint path."
         )
-    by_index = {int(name.rsplit(":", 1)[-1]): (name, value) for name, value in saved.items()}
+    by_index: dict[int, tuple[str, np.ndarray]] = {}
+    for name, value in saved.items():
+        index = name.rsplit(":", 1)[-1]
+        if not index.isdigit() or int(index) >= len(like_leaves):
+            raise _corrupt(path, f"unexpected array name {name!r}")
+        by_index[int(index)] = (name, value)
+    if len(by_index) != len(like_leaves):
+        raise _corrupt(path, "array names repeat")
     leaves = []
     for i, ref in enumerate(like_leaves):
         name, value = by_index[i]
         if _is_key(ref):
-            leaves.append(jax.random.wrap_key_data(value, impl=name.split(":")[1]))
+            impl = str(jax.random.key_impl(ref))
+            want = np.asarray(jax.random.key_data(ref))
+            if (
+                name != f"{_KEY_PREFIX}{impl}:{i}"
+                or value.shape != want.shape
+                or value.dtype != want.dtype
+            ):
+                raise _corrupt(path, f"array {i} should be a {impl} PRNG key")
+            leaves.append(jax.random.wrap_key_data(value, impl=impl))
             continue
         ref = np.asarray(ref)
-        if value.shape != ref.shape or value.dtype != ref.dtype:
+        if name != str(i) or value.shape != ref.shape or value.dtype != ref.dtype:
             raise ValueError(
                 f"checkpoint {str(path)!r} array {i} is {value.dtype}{list(value.shape)} but the run expects "
                 f"{ref.dtype}{list(ref.shape)}; it was written by a different model. Pass a new checkpoint path."

@@ -99,8 +99,8 @@ def _add_train_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--target-epsilon",
         type=float,
-        default=d.target_epsilon,
-        help="privacy budget (default %(default)s)",
+        default=None,
+        help=f"privacy budget (default {d.target_epsilon:g})",
     )
     parser.add_argument(
         "--delta", type=float, default=d.delta, help="delta, below 1/N (default %(default)s)"
@@ -111,8 +111,8 @@ def _add_train_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--clip-norm",
         type=float,
-        default=d.clip_norm,
-        help="per-example clip norm C (default %(default)s)",
+        default=None,
+        help=f"per-example clip norm C (default {d.clip_norm:g})",
     )
     parser.add_argument(
         "--batch-size",
@@ -157,13 +157,31 @@ def _add_train_parser(subparsers: Any) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    if args.not_private:
+        given = [
+            flag
+            for flag, value in (
+                ("--target-epsilon", args.target_epsilon),
+                ("--noise-multiplier", args.noise_multiplier),
+                ("--clip-norm", args.clip_norm),
+            )
+            if value is not None
+        ]
+        if given:
+            raise ValueError(
+                f"--not-private contradicts {', '.join(given)}: a NOT PRIVATE run neither clips, "
+                "adds noise nor spends a budget. Drop those flags for the baseline, or drop "
+                "--not-private for a private run."
+            )
     config = TrainConfig(
         dataset=args.dataset,
         model=args.model,
-        target_epsilon=None if args.not_private else args.target_epsilon,
+        target_epsilon=None
+        if args.not_private
+        else (TrainConfig.target_epsilon if args.target_epsilon is None else args.target_epsilon),
         delta=args.delta,
         noise_multiplier=args.noise_multiplier,
-        clip_norm=args.clip_norm,
+        clip_norm=TrainConfig.clip_norm if args.clip_norm is None else args.clip_norm,
         batch_size=args.batch_size,
         epochs=args.epochs
         if args.epochs is not None or args.steps is not None
@@ -382,4 +400,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except ValueError as err:
         print(f"dpjax: error: {err}", file=sys.stderr)
+        return 2
+    except (ArithmeticError, MemoryError) as err:  # a bug if reached: inputs are validated first
+        print(
+            f"dpjax: error: {type(err).__name__} ({err}) for these inputs; nothing was trained "
+            "or released. Check the values' ranges (e.g. --noise-multiplier, --steps) and "
+            "report this input as a bug.",
+            file=sys.stderr,
+        )
         return 2

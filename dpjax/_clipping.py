@@ -55,7 +55,7 @@ def per_example_global_norms(grads: PyTree) -> jax.Array:
 
 
 def clip_and_sum(
-    grads: PyTree, l2_norm: float, mask: jax.typing.ArrayLike | None = None
+    grads: PyTree, l2_norm: float, mask: jax.typing.ArrayLike
 ) -> tuple[PyTree, ClipStats]:
     """Clips each example's gradient to L2 norm <= `l2_norm` and sums over examples.
 
@@ -68,7 +68,9 @@ def clip_and_sum(
     Args:
       grads: per-example gradients, every leaf with leading axis B.
       l2_norm: the clip norm C, finite and >= 1e-6 (a Python number).
-      mask: optional boolean `(B,)`; False marks padded rows.
+      mask: boolean `(B,)`, False for padded rows (a :class:`dpjax.Batch`'s
+        `mask`); required, so that padding can never count as an example. Pass
+        `jnp.ones(B, bool)` when no row is padded.
 
     Returns:
       `(summed, stats)`: the sum with the structure of one example's gradient,
@@ -76,11 +78,12 @@ def clip_and_sum(
 
     Raises:
       ValueError: if `l2_norm` is invalid; at trace time, if leading axes
-        disagree or `mask` is not `(B,)`.
+        disagree or `mask` is missing or not `(B,)`.
 
     Example:
       >>> import jax.numpy as jnp, dpjax
-      >>> s, stats = dpjax.clip_and_sum(jnp.array([[3.0, 4.0], [jnp.nan, 0.0]]), 1.0)
+      >>> g = jnp.array([[3.0, 4.0], [jnp.nan, 0.0]])
+      >>> s, stats = dpjax.clip_and_sum(g, 1.0, mask=jnp.ones(2, bool))
       >>> [round(float(v), 2) for v in s], int(stats.num_nonfinite)
       ([0.6, 0.8], 1)
 
@@ -96,20 +99,9 @@ def clip_and_sum_unchecked(
 ) -> tuple[PyTree, ClipStats]:
     """:func:`clip_and_sum` without validating `l2_norm` (inf allowed: NOT PRIVATE callers)."""
     b = _per_example.batch_size(grads)
+    real = _validation.check_mask(mask, b, jax.tree.map(jnp.shape, grads))
     norms = per_example_global_norms(grads)
-    keep = jnp.isfinite(norms)
-    if mask is not None:
-        mask = jnp.asarray(mask)
-        if mask.shape != (b,):
-            raise ValueError(
-                f"mask has shape {mask.shape} but the per-example gradients have batch size {b}; "
-                f"pass a boolean mask of shape ({b},) marking the real (not padded) rows. "
-                f"Gradient shapes: {jax.tree.map(jnp.shape, grads)}"
-            )
-        real = mask.astype(bool)
-    else:
-        real = jnp.ones((b,), bool)
-    keep = keep & real
+    keep = jnp.isfinite(norms) & real
     safe_norms = jnp.where(keep, norms, 1.0)
     scale = jnp.where(keep, jnp.minimum(1.0, l2_norm / jnp.maximum(safe_norms, 1e-30)), 0.0)
 
@@ -139,13 +131,14 @@ def clip_per_example(l2_norm: float) -> optax.GradientTransformationExtraArgs:
       l2_norm: the clip norm C, finite and > 0.
 
     Returns:
-      An `optax.GradientTransformationExtraArgs`. Its update accepts the keyword
-      `mask` (boolean `(B,)`, False for padded rows). Its state is a
+      An `optax.GradientTransformationExtraArgs`. Its update requires the
+      keyword `mask` (boolean `(B,)`, False for padded rows). Its state is a
       :class:`ClipStats` with the counts of the last update.
 
     Raises:
       ValueError: if `l2_norm` is not finite and positive; at trace time if the
-        batch axes or the mask disagree (the message lists the shapes).
+        mask is missing or the batch axes or the mask disagree (the message
+        lists the shapes).
 
     Example:
       >>> import jax.numpy as jnp, dpjax

@@ -40,19 +40,20 @@ class PoissonSampler:
       dataset_size: N, the number of training examples.
       expected_batch_size: `q * N` (> 0, <= N). The sampling rate is
         `q = expected_batch_size / N`.
-      seed: integer seed of the sampler (keep it secret for the guarantee to hold
-        against an adversary who knows everything else).
+      seed: integer seed of the sampler in [0, 2**64); draw it with
+        :func:`dpjax.secret_seed` (keep it secret: whoever knows it knows which
+        examples each step used).
       microbatch_size: rows per microbatch (the physical batch). Defaults to the
         expected size plus four standard deviations, rounded up to a multiple of
         8, so nearly every batch is one microbatch.
 
     Raises:
       ValueError: for a non-positive size, an expected batch size above N, or a
-        negative seed.
+        seed outside [0, 2**64).
 
     Example:
       >>> import dpjax
-      >>> sampler = dpjax.PoissonSampler(1000, expected_batch_size=100, seed=0)
+      >>> sampler = dpjax.PoissonSampler(1000, expected_batch_size=100, seed=dpjax.secret_seed())
       >>> batch = sampler.sample(0)
       >>> batch.indices.shape == batch.mask.shape
       True
@@ -81,9 +82,7 @@ class PoissonSampler:
                 f"expected_batch_size={expected_batch_size!r} exceeds dataset_size={dataset_size}; "
                 f"pass expected_batch_size <= dataset_size."
             )
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed={seed!r} must be a non-negative integer; pass e.g. seed=0.")
-        self.seed = seed
+        self.seed = _validation.check_seed(seed)
         self.expected_batch_size = n
         self.sampling_rate = n / self.dataset_size
         if microbatch_size is None:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import hmac
 import json
 import math
 import os
-import secrets
 import time
 import warnings
 from pathlib import Path
@@ -30,6 +30,8 @@ from dpjax import (
     _datasets,
     _ghost,
     _models,
+    _noise,
+    _random,
     _sampling,
     _validation,
 )
@@ -52,6 +54,10 @@ SUMMARY_FIELDS = (
 )
 """Fields every JSON summary has (among others)."""
 NOT_PRIVATE = "NOT PRIVATE"
+_CHECKPOINT_VERSION = 2  # 2: keyed fingerprint of the data, full 64-bit keys
+MAX_STEPS = 2**31 - 1
+"""Most steps a run may take: the noise counter is an int32, and a saturated counter would
+reuse one noise key for every later step."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,9 +81,12 @@ class TrainConfig:
       steps: training length in steps (overrides `epochs`).
       lr: learning rate.
       optimizer: one of `OPTIMIZERS`.
-      seed: seeds the model init, the sampler and the noise (three independent
-        streams derived with `numpy.random.SeedSequence`). None (default) draws a
-        secret seed from the OS (`secrets`) and does not record it.
+      seed: an integer in [0, 2**64) that seeds the model init, the sampler and
+        the noise (independent 64-bit streams derived with
+        `numpy.random.SeedSequence`). None (default) draws a secret 64-bit seed
+        from the OS (`secrets`); it is never written to the summary or the log,
+        only to the (sensitive) checkpoint. An explicit seed is for
+        reproducible research: whoever knows it can regenerate the noise.
       microbatch_size: physical batch; None lets the sampler choose.
       eval_every: evaluate every this many steps (and at the end).
       accountant: 'pld' or 'rdp'.
@@ -137,13 +146,20 @@ class TrainConfig:
             _validation.check_positive_float(self.epochs, "epochs", "10")
         if self.microbatch_size is not None:
             _validation.check_positive_int(self.microbatch_size, "microbatch_size", "64")
-        if self.seed is not None and (
-            isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0
-        ):
+        if self.seed is not None:
+            _validation.check_seed(self.seed)
+        if self.steps is not None and self.steps > MAX_STEPS:
             raise ValueError(
-                f"seed={self.seed!r} must be a non-negative integer; pass e.g. seed=0."
+                f"steps={self.steps!r} exceeds {MAX_STEPS} (2**31 - 1), the most steps whose noise "
+                "keys dpjax can keep distinct; pass fewer steps."
             )
         if self.not_private:
+            if self.noise_multiplier is not None:
+                raise ValueError(
+                    f"not_private=True contradicts noise_multiplier={self.noise_multiplier!r}: a "
+                    "NOT PRIVATE run adds no noise. Pass noise_multiplier=None with "
+                    "not_private=True, or drop not_private for a private run."
+                )
             return
         _validation.check_clip_norm(self.clip_norm, "clip_norm")
         _validation.check_delta(self.delta)
@@ -393,22 +409,26 @@ def train(
     log_file = _check_writable(log_path, "log_path")
     start = time.perf_counter()
     data = dataset if dataset is not None else _datasets.load_dataset(config.dataset, seed=0)
-    fingerprint = _fingerprint(config, data.train) if ckpt_path is not None else None
-    resume = _read_resume_metadata(ckpt_path, config, fingerprint)
+    resume = _read_resume_metadata(ckpt_path, config)
     seed = resume["seed"] if resume else config.seed
-    seed = seed if seed is not None else secrets.randbits(63)
-    model_seed, noise_seed, sampler_seed = (_derive_seed(seed, purpose) for purpose in range(3))
+    seed = seed if seed is not None else _random.secret_seed()
+    model_seed, noise_seed, sampler_seed = (
+        _random.derive_seed(seed, purpose) for purpose in range(3)
+    )
+    fingerprint = _fingerprint(config, data.train, seed) if ckpt_path is not None else None
+    if resume:
+        _check_fingerprint(ckpt_path, resume["fingerprint"], fingerprint)
     n = len(data.train)
     plan = plan_run(config, n)
     q, sigma = plan["sampling_rate"], plan["noise_multiplier"]
     if model is None:
-        model = _models.make_model(
-            config.model, data.input_shape, data.num_classes, seed=model_seed
+        model = _models.make_model(  # the initialisation is not secret: 31 bits are plenty
+            config.model, data.input_shape, data.num_classes, seed=model_seed >> 33
         )
     if not config.not_private:
         _models.check_no_batchnorm(model)
 
-    noise_key = jax.random.key(noise_seed)
+    noise_key = _random.key_from_seed(noise_seed)  # all 64 bits, never jax.random.key(int)
     sampler = _sampling.PoissonSampler(
         n,
         expected_batch_size=config.batch_size,
@@ -435,7 +455,7 @@ def train(
             dataset_size=n,
         )
         if resume:
-            tracker = _accounting.PrivacyTracker.from_state_dict(resume["accounting"])
+            tracker = _resumed_tracker(ckpt_path, resume, tracker)
         if tracker.sampling_rate != sampler.sampling_rate:  # the accountant must be told what runs
             raise AssertionError(
                 f"accounted sampling rate {tracker.sampling_rate} != sampler's {sampler.sampling_rate}"
@@ -457,12 +477,13 @@ def train(
     if resume:
         (params, opt_state), _ = _checkpoint.load_checkpoint(ckpt_path, (params, opt_state))
         steps_done = resume["step"]
+        _check_resumed_state(ckpt_path, steps_done, tracker, opt_state, noise_key)
     x_all, y_all = jnp.asarray(data.train.x), jnp.asarray(data.train.y)
 
     def save():
         if ckpt_path is not None:
             meta = {
-                "version": 1,
+                "version": _CHECKPOINT_VERSION,
                 "step": steps_done,
                 "seed": seed,
                 "fingerprint": fingerprint,
@@ -559,7 +580,7 @@ def train(
         "optimizer": config.optimizer,
         "lr": config.lr,
         "epochs": config.epochs,
-        "seed": "secret (drawn from the OS, not recorded)" if config.seed is None else config.seed,
+        "seed": _seed_note(config.seed, ckpt_path),
         "wall_seconds": time.perf_counter() - start,
         "device": jax.devices()[0].device_kind,
         "accounting_state": None if tracker is None else tracker.state_dict(),
@@ -588,40 +609,139 @@ _FINGERPRINT_FIELDS = (
 )
 
 
-def _fingerprint(config: TrainConfig, train_split: _datasets.Split) -> dict[str, Any]:
-    """What must not change across a resume: the mechanism's settings and the data itself."""
-    digest = hashlib.sha256()
+def _fingerprint(config: TrainConfig, train_split: _datasets.Split, seed: int) -> dict[str, Any]:
+    """What must not change across a resume: the mechanism's settings and the data itself.
+
+    The data enter through an HMAC keyed with the run's secret seed, never a
+    plain hash: a plain hash stored in the checkpoint would confirm a guessed
+    training set to anyone who reads it.
+    """
+    key = _random.derive_seed(seed, 3).to_bytes(8, "little")
+    digest = hmac.new(key, digestmod=hashlib.sha256)
     for array in (train_split.x, train_split.y):
         digest.update(str((array.dtype, array.shape)).encode())
         digest.update(np.ascontiguousarray(array).tobytes())
     return {name: getattr(config, name) for name in _FINGERPRINT_FIELDS} | {
         "dataset_size": len(train_split),
-        "train_sha256": digest.hexdigest(),
+        "train_hmac_sha256": digest.hexdigest(),
     }
 
 
-def _read_resume_metadata(
-    path: Path | None, config: TrainConfig, want: dict[str, Any]
-) -> dict[str, Any] | None:
-    """The checkpoint's metadata if `path` exists; refuses one whose fingerprint is not `want`."""
+def _read_resume_metadata(path: Path | None, config: TrainConfig) -> dict[str, Any] | None:
+    """The checkpoint's metadata if `path` exists, checked for the fields a resume needs."""
     if path is None or not path.exists():
         return None
     meta = _checkpoint.read_metadata(path)
-    changed = {
-        k: (meta["fingerprint"].get(k), v)
-        for k, v in want.items()
-        if meta["fingerprint"].get(k) != v
-    }
-    if changed:
-        raise ValueError(
-            f"checkpoint={str(path)!r} was written by a different run; changed settings "
-            f"(saved, now): {changed}. Resume with the same settings or pass a new checkpoint path."
+
+    def bad(why: str) -> ValueError:
+        return ValueError(
+            f"checkpoint={str(path)!r} cannot be resumed: {why}. Restore a good copy of the "
+            "checkpoint; a new checkpoint path starts a new run, whose budget must then be "
+            "accounted together with this one."
         )
+
+    if meta.get("version") != _CHECKPOINT_VERSION:
+        raise bad(
+            f"it has format version {meta.get('version')!r}, this dpjax reads version "
+            f"{_CHECKPOINT_VERSION}"
+        )
+    for name, kind in (("step", int), ("seed", int), ("fingerprint", dict)):
+        if not isinstance(meta.get(name), kind) or isinstance(meta.get(name), bool):
+            raise bad(f"its {name!r} is {meta.get(name)!r}")
+    try:
+        _validation.check_seed(meta["seed"])
+        _validation.check_nonnegative_int(meta["step"], "step")
+    except ValueError as err:
+        raise bad(str(err)) from err
+    if not config.not_private and not isinstance(meta.get("accounting"), dict):
+        raise bad("it holds no privacy account (a private run's budget never resets)")
     if config.seed is not None and config.seed != meta["seed"]:
         raise ValueError(
             f"seed={config.seed} differs from the checkpoint's seed; resume with the same seed (or none)."
         )
     return meta
+
+
+def _check_fingerprint(path: Path, saved: dict[str, Any], want: dict[str, Any]) -> None:
+    """Refuses a checkpoint written by a run with other settings or other data."""
+    changed = {k: (saved.get(k), v) for k, v in want.items() if saved.get(k) != v}
+    if changed.pop("train_hmac_sha256", None) is not None:
+        changed["training data"] = ("(keyed hash)", "differs")
+    if changed:
+        raise ValueError(
+            f"checkpoint={str(path)!r} was written by a different run; changed settings "
+            f"(saved, now): {changed}. Resume with the same settings or pass a new checkpoint path."
+        )
+
+
+def _resumed_tracker(
+    path: Path, resume: dict[str, Any], fresh: _accounting.PrivacyTracker
+) -> _accounting.PrivacyTracker:
+    """The checkpoint's account, refused unless it is the account of THIS run's mechanism."""
+    tracker = _accounting.PrivacyTracker.from_state_dict(resume["accounting"])
+    want = {
+        "target_epsilon": fresh.target_epsilon,
+        "delta": fresh.delta,
+        "sampling_rate": fresh.sampling_rate,
+        "accountant": fresh.accountant,
+    }
+    got = {name: getattr(tracker, name) for name in want}
+    if got != want:
+        raise ValueError(
+            f"checkpoint={str(path)!r} holds a privacy account for another budget or mechanism "
+            f"(saved {got}, this run {want}); refusing to resume with a budget that was not this "
+            "run's. Restore a good copy of the checkpoint."
+        )
+    return tracker
+
+
+def _check_resumed_state(
+    path: Path,
+    step: int,
+    tracker: _accounting.PrivacyTracker | None,
+    opt_state: Any,
+    noise_key: jax.Array,
+) -> None:
+    """Cross-checks the step count, the accountant, the noise counter and the noise key."""
+    counts = {"checkpoint step": step}
+    if tracker is not None:
+        counts["accounted steps"] = tracker.steps
+        noise = [
+            s for s in jax.tree.leaves(opt_state, is_leaf=_is_noise_state) if _is_noise_state(s)
+        ]
+        if len(noise) != 1:
+            raise ValueError(
+                f"checkpoint={str(path)!r}: expected one noise state, found {len(noise)}."
+            )
+        counts["noise draws"] = int(noise[0].count)
+        key_data = np.asarray(jax.random.key_data(noise[0].key))
+        if not np.array_equal(key_data, np.asarray(jax.random.key_data(noise_key))):
+            raise ValueError(
+                f"checkpoint={str(path)!r} holds a noise key that is not the one this run's secret "
+                "seed derives (zeroed or replaced); refusing to resume with a key that may repeat "
+                "or be known. Restore a good copy of the checkpoint."
+            )
+    if len(set(counts.values())) != 1:
+        raise ValueError(
+            f"checkpoint={str(path)!r} is inconsistent: {counts} must all be equal. Restore a good "
+            "copy of the checkpoint."
+        )
+
+
+def _is_noise_state(x: Any) -> bool:
+    return isinstance(x, _noise.GaussianNoiseState)
+
+
+def _seed_note(seed: int | None, checkpoint: Path | None) -> str:
+    """What the summary says about the seed: never its value (summaries get published)."""
+    where = (
+        "kept only in the checkpoint, which is sensitive"
+        if checkpoint is not None
+        else "not recorded"
+    )
+    if seed is None:
+        return f"secret (drawn from the OS; {where})"
+    return f"explicit (reproducible research; {where}: whoever knows it can regenerate the noise)"
 
 
 def _choose_clipping(config: TrainConfig, model: _models.FunctionalModel, data) -> str:
@@ -638,13 +758,6 @@ def _choose_clipping(config: TrainConfig, model: _models.FunctionalModel, data) 
             "(dpjax.GhostLinear / dpjax.GhostConv); pass clipping='vmap' or 'auto'."
         )
     return "ghost" if ok else "vmap"
-
-
-def _derive_seed(seed: int, purpose: int) -> int:
-    """An independent 63-bit seed per purpose (model init, noise, sampling)."""
-    return int(
-        np.random.SeedSequence([seed, purpose]).generate_state(1, np.uint64)[0] >> np.uint64(1)
-    )
 
 
 def _finite_or_none(value):

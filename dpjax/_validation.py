@@ -152,7 +152,7 @@ def check_key(key: object, name: str = "key") -> jax.Array:
     if key is None:
         raise ValueError(
             f"{name}=None: a PRNG key is required and dpjax never picks one for you; "
-            f"pass {name}=jax.random.key(seed) with a seed you do not reuse."
+            f"pass {name}=dpjax.secret_key() (or jax.random.key(seed) for research runs)."
         )
     if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         if key.shape != ():
@@ -185,6 +185,50 @@ def check_nonnegative_int(value: int, name: str, example: str = "0") -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
         raise ValueError(f"{name}={value!r} must be an integer >= 0; pass e.g. {name}={example}.")
     return int(value)
+
+
+def check_mask(mask: object, batch_size: int, shapes: object) -> jax.Array:
+    """Returns `mask` as a boolean `(batch_size,)` array (trace time).
+
+    The mask is required everywhere a clipped sum is formed: batches from
+    :class:`dpjax.PoissonSampler` are padded with copies of example 0, and a
+    missing mask would count those copies as examples.
+
+    Raises:
+      ValueError: if `mask` is None or does not have shape `(batch_size,)`.
+    """
+    if mask is None:
+        raise ValueError(
+            f"mask=None: a mask is required so that padded rows never count as examples "
+            f"(dpjax.PoissonSampler pads batches with copies of example 0). Pass the sampled "
+            f"batch's mask (mask=batch.mask), or jnp.ones({batch_size}, bool) if no row is "
+            f"padded. Shapes: {shapes}"
+        )
+    mask = jnp.asarray(mask)
+    if mask.shape != (batch_size,):
+        raise ValueError(
+            f"mask has shape {mask.shape} but the rows have batch size {batch_size}; pass a boolean "
+            f"mask of shape ({batch_size},) marking the real (not padded) rows. Shapes: {shapes}"
+        )
+    return mask.astype(bool)
+
+
+def check_seed(seed: object, name: str = "seed") -> int:
+    """Returns `seed` as an int if it is an integer in `[0, 2**64)`.
+
+    Raises:
+      ValueError: otherwise (a larger seed could not be kept whole in a key).
+    """
+    if (
+        isinstance(seed, bool)
+        or not isinstance(seed, numbers.Integral)
+        or not 0 <= int(seed) < 2**64
+    ):
+        raise ValueError(
+            f"{name}={seed!r} must be an integer in [0, 2**64); pass e.g. {name}=0 for a "
+            f"reproducible research run, or leave it out to draw a secret seed from the OS."
+        )
+    return int(seed)
 
 
 def check_input_shape(input_shape: object, name: str = "input_shape") -> tuple[int, int, int]:

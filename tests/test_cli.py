@@ -203,3 +203,41 @@ def test_train_not_private_is_labelled(capsys):
 def test_train_bad_input_fails_fast_with_a_clear_message(argv, match, capsys):
     assert main(argv + ["--no-progress"]) == 2
     assert re.search(match, capsys.readouterr().err)
+
+
+# ---- issue 16, item 7: contradictory flags and inputs that used to crash
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--clip-norm", "0"],
+        ["--noise-multiplier", "1.0"],
+        ["--target-epsilon", "3"],
+    ],
+    ids=["clip-norm", "noise-multiplier", "target-epsilon"],
+)
+def test_not_private_refuses_privacy_flags_it_would_ignore(capsys, flags):
+    code, out, err = _run(
+        capsys, "train", "--dataset", "digits", "--not-private", "--steps", "1", *flags
+    )
+    assert code == 2 and "--not-private contradicts" in err and flags[0] in err
+    assert "Traceback" not in err and out == ""
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["train", "--noise-multiplier", "1e-300", "--steps", "2"], "noise_multiplier"),
+        (["train", "--steps", "100000000000000", "--noise-multiplier", "1"], "steps"),
+        (["calibrate", "--target-epsilon", "3", "--sampling-rate", "0.01", "--steps", "100",
+          "--delta", "0.4"], "delta"),
+        (["epsilon", "--noise-multiplier", "1e-300", "--sampling-rate", "0.01", "--steps", "10",
+          "--delta", "1e-5"], "noise_multiplier"),
+    ],
+    ids=["tiny-sigma", "huge-steps", "calibrate-delta-0.4", "epsilon-tiny-sigma"],
+)  # fmt: skip
+def test_inputs_that_used_to_crash_exit_2_with_the_parameter_named(capsys, argv, match):
+    code, out, err = _run(capsys, *argv, *(["--no-progress"] if argv[0] == "train" else []))
+    assert code == 2, (out, err)
+    assert err.startswith("dpjax: error:") and match in err and "Traceback" not in err

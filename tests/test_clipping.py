@@ -1,11 +1,13 @@
 """Clipping invariants: every example's contribution to the pre-noise sum is at most C."""
 
+import functools
 import math
 
 import hypothesis.extra.numpy as hnp
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from conftest import rtol_for
 from hypothesis import given
@@ -13,7 +15,16 @@ from hypothesis import strategies as st
 
 import dpjax
 
-_clip_sum = jax.jit(dpjax.clip_and_sum, static_argnums=1)
+
+def _all_real(grads):
+    """The mask of a batch with no padded row."""
+    return jnp.ones(jax.tree.leaves(grads)[0].shape[0], bool)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _clip_sum(grads, c, mask=None):
+    return dpjax.clip_and_sum(grads, c, _all_real(grads) if mask is None else mask)
+
 
 _rows = hnp.arrays(
     np.float32,
@@ -59,9 +70,9 @@ def test_replacing_one_example_moves_sum_by_at_most_2c(rows, replacement, c):
 
 @given(rows=_rows, c=_clip)
 def test_every_clipped_example_has_norm_at_most_c(rows, c):
-    singles = jax.vmap(lambda t: dpjax.clip_and_sum(jax.tree.map(lambda x: x[None], t), c)[0])(
-        _tree(rows)
-    )
+    singles = jax.vmap(
+        lambda t: dpjax.clip_and_sum(jax.tree.map(lambda x: x[None], t), c, jnp.ones(1, bool))[0]
+    )(_tree(rows))
     norms = np.asarray(dpjax.per_example_global_norms(singles))
     assert np.all(norms <= c * (1 + rtol_for(np.float32)))
 
@@ -118,7 +129,7 @@ def test_mask_of_wrong_shape_names_the_shapes():
 def test_missing_batch_axis_is_reported_with_shapes():
     tx = dpjax.clip_per_example(1.0)
     with pytest.raises(ValueError, match="leading batch axis"):
-        tx.update({"w": jnp.ones((2, 4)), "b": jnp.ones(())}, tx.init(None))
+        tx.update({"w": jnp.ones((2, 4)), "b": jnp.ones(())}, tx.init(None), mask=jnp.ones(2, bool))
 
 
 @pytest.mark.parametrize("bad", [0.0, -1.0, math.inf, math.nan, "1.0", None, True])
@@ -146,9 +157,9 @@ _wide = hnp.arrays(
 @given(rows=_wide, c=st.sampled_from([1e-6, 1e-3, 1.0, 1e3]))
 def test_contributions_are_bounded_for_tiny_and_huge_gradients(rows, c):
     # Squares of elements below ~1e-19 underflow and above ~1e19 overflow in float32.
-    singles = jax.vmap(lambda t: dpjax.clip_and_sum(jax.tree.map(lambda x: x[None], t), c)[0])(
-        _tree(rows)
-    )
+    singles = jax.vmap(
+        lambda t: dpjax.clip_and_sum(jax.tree.map(lambda x: x[None], t), c, jnp.ones(1, bool))[0]
+    )(_tree(rows))
     norms = np.array(
         [
             np.linalg.norm(_flat(jax.tree.map(lambda x, i=i: x[i], singles)))
@@ -161,7 +172,7 @@ def test_contributions_are_bounded_for_tiny_and_huge_gradients(rows, c):
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 def test_low_precision_gradients_stay_within_c_and_sum_in_float32(dtype):
     g = jax.random.normal(jax.random.key(0), (64, 300)).astype(dtype) * 5
-    singles = jax.vmap(lambda row: dpjax.clip_and_sum(row[None], 1.0)[0])(g)
+    singles = jax.vmap(lambda row: dpjax.clip_and_sum(row[None], 1.0, jnp.ones(1, bool))[0])(g)
     assert singles.dtype == jnp.float32
     assert float(jnp.max(jnp.linalg.norm(singles, axis=1))) <= 1.0 + 1e-6
 
@@ -169,4 +180,44 @@ def test_low_precision_gradients_stay_within_c_and_sum_in_float32(dtype):
 def test_clip_and_sum_validates_the_clip_norm():
     for bad in (math.inf, math.nan, -1.0, 0.0, 1e-9):
         with pytest.raises(ValueError, match="l2_norm="):
-            dpjax.clip_and_sum(jnp.ones((2, 3)), bad)
+            dpjax.clip_and_sum(jnp.ones((2, 3)), bad, jnp.ones(2, bool))
+
+
+# ---- issue 16, item 3: the mask cannot be forgotten
+
+
+def _padded_batch_grads():
+    """Per-example gradients of a Poisson batch padded with copies of example 0 (as sampled)."""
+    sampler = dpjax.PoissonSampler(50, expected_batch_size=5, seed=3, microbatch_size=16)
+    batch = sampler.sample(0)
+    assert batch.size < len(batch.indices)  # there is padding
+    data = jnp.asarray(np.random.default_rng(0).normal(size=(50, 4)), jnp.float32) * 10
+    return data[batch.indices], batch
+
+
+def test_every_clipper_refuses_a_missing_mask():
+    grads, batch = _padded_batch_grads()
+    with pytest.raises(ValueError, match="mask=None.*padded"):
+        dpjax.clip_and_sum(grads, 1.0, None)
+    tx = dpjax.clip_per_example(1.0)
+    with pytest.raises(ValueError, match="mask=None.*padded"):
+        jax.jit(tx.update)(grads, tx.init(None))
+    dp = dpjax.dp_sgd(
+        optax.sgd(0.1), l2_norm=1.0, noise_multiplier=1.0, expected_batch_size=5,
+        key=jax.random.key(0),
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="mask=None.*padded"):
+        dp.update(grads, dp.init(jnp.zeros(4)), jnp.zeros(4))
+    acc = dpjax.accumulate_clipped_grads(lambda p, b: b, l2_norm=1.0, microbatch_size=16)
+    with pytest.raises(ValueError, match="mask=None.*padded"):
+        jax.jit(acc)(None, grads, None)
+
+
+def test_replacing_example_0_moves_the_sum_of_a_padded_batch_by_at_most_2c():
+    # The README's loop with the batch's mask: the padded copies of example 0 count zero times
+    # (without it, replacing example 0 moved this sum by 32.4 against a bound of 2).
+    grads, batch = _padded_batch_grads()
+    other = jnp.where(jnp.asarray(batch.indices == 0)[:, None], -grads[0], grads)
+    s, _ = _clip_sum(grads, 1.0, batch.mask)
+    s2, _ = _clip_sum(other, 1.0, batch.mask)
+    assert float(jnp.linalg.norm(s - s2)) <= 2.0 * (1 + 1e-6)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import dpjax
-from dpjax import _trainer
+from dpjax import _checkpoint, _random, _trainer
 from dpjax._trainer import SUMMARY_FIELDS
 
 
@@ -191,10 +191,13 @@ def test_default_seed_is_secret_and_unrecorded(digits):
 
 
 def test_model_noise_and_sampler_seeds_are_independent_streams():
-    seeds = {_trainer._derive_seed(0, p) for p in range(3)} | {
-        _trainer._derive_seed(1, p) for p in range(3)
+    seeds = {_random.derive_seed(0, p) for p in range(3)} | {
+        _random.derive_seed(1, p) for p in range(3)
     }
-    assert len(seeds) == 6 and all(0 <= s < 2**63 for s in seeds)
+    assert len(seeds) == 6 and all(0 <= s < 2**64 for s in seeds)
+    # The streams use all 64 bits: a 32- or 63-bit range would leave the top bits empty.
+    draws = [_random.derive_seed(s, 1) for s in range(200)]
+    assert max(draws) >= 2**63 and len({d >> 32 for d in draws}) == 200
 
 
 def test_resume_continues_the_run_and_the_budget_never_resets(digits, tmp_path, interrupt_at):
@@ -265,3 +268,143 @@ def test_resume_refuses_a_different_budget(digits, tmp_path):
         dpjax.train(
             _cfg(steps=4, target_epsilon=5.0), dataset=digits, checkpoint=ckpt, progress=False
         )
+
+
+# ---- issue 16: keys, secrets in outputs, checkpoints that are trusted blindly
+
+
+def test_master_seeds_whose_noise_seeds_share_their_low_32_bits_give_different_noise_keys():
+    # 5355 and 114463 derived noise seeds equal in their low 32 bits under the old 63-bit
+    # derivation, and jax.random.key(int) kept only those bits: the two runs had one noise.
+    keys = [
+        np.asarray(jax.random.key_data(_random.key_from_seed(_random.derive_seed(s, 1))))
+        for s in (5355, 114463)
+    ]
+    assert not np.array_equal(*keys)
+    # Seeds that differ only above bit 32 give different keys (jax.random.key would not).
+    a, b = (np.asarray(jax.random.key_data(_random.key_from_seed(s))) for s in (7, 7 + 2**40))
+    assert not np.array_equal(a, b)
+
+
+def test_trainer_noise_key_carries_64_bits_of_the_seed(digits, tmp_path):
+    ckpt = tmp_path / "run.npz"
+    dpjax.train(_cfg(steps=1, seed=2**63 + 12345), dataset=digits, checkpoint=ckpt, progress=False)
+    meta = _checkpoint.read_metadata(ckpt)
+    want = _random.key_from_seed(_random.derive_seed(meta["seed"], 1))
+    with np.load(ckpt) as data:
+        keys = [data[name] for name in data.files if name.startswith("key:")]
+    assert len(keys) == 1
+    np.testing.assert_array_equal(keys[0], jax.random.key_data(want))
+    assert keys[0][0] != 0  # the high word is used (it is 0 for every jax.random.key(int < 2**32))
+
+
+def test_explicit_seed_never_reaches_the_summary_or_the_log(digits, tmp_path):
+    seed = 918273645546372819
+    out, log = tmp_path / "s.json", tmp_path / "log.jsonl"
+    dpjax.train(_cfg(seed=seed), dataset=digits, json_out=out, log_path=log, progress=False)
+    for text in (out.read_text(), log.read_text()):
+        assert str(seed) not in text
+    assert "explicit" in json.loads(out.read_text())["seed"]
+
+
+def test_checkpoint_fingerprints_the_data_with_a_keyed_hash_only(digits, tmp_path):
+    import hashlib
+
+    ckpt = tmp_path / "run.npz"
+    dpjax.train(_cfg(steps=1), dataset=digits, checkpoint=ckpt, progress=False)
+    text = json.dumps(_checkpoint.read_metadata(ckpt))
+    plain = hashlib.sha256()
+    for array in (digits.train.x, digits.train.y):
+        plain.update(str((array.dtype, array.shape)).encode())
+        plain.update(np.ascontiguousarray(array).tobytes())
+    assert plain.hexdigest() not in text and "train_sha256" not in text
+    # The summary says the seed is in the checkpoint, and the checkpoint is sensitive.
+    assert "sensitive" in _trainer._seed_note(None, ckpt)
+
+
+def _rewrite_metadata(path, edit):
+    with np.load(path) as data:
+        arrays = {name: data[name] for name in data.files}
+    meta = json.loads(arrays[_checkpoint.META_KEY].tobytes().decode())
+    edit(meta)
+    arrays[_checkpoint.META_KEY] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def _rewrite_array(path, select, edit):
+    with np.load(path) as data:
+        arrays = {name: data[name] for name in data.files}
+    (name,) = [n for n in arrays if select(n)]
+    arrays[name] = edit(arrays[name])
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda m: m["accounting"].update(target_epsilon=None), "another budget"),
+        (lambda m: m.update(accounting=None), "no privacy account"),
+        (lambda m: m["accounting"]["entries"].clear(), "inconsistent"),
+        (lambda m: m.update(step=m["step"] - 1), "inconsistent"),
+        (lambda m: m.update(seed=m["seed"] + 1), "different run|noise key"),
+        (lambda m: m.update(version=1), "version"),
+        (lambda m: m.pop("seed"), "seed"),
+    ],
+    ids=["budget-emptied", "account-removed", "entries-cleared", "step", "seed", "old", "no-seed"],
+)
+def test_resume_refuses_a_tampered_or_inconsistent_checkpoint(digits, tmp_path, edit, match):
+    ckpt = tmp_path / "run.npz"
+    cfg = _cfg(steps=3, target_epsilon=3.0)
+    dpjax.train(cfg, dataset=digits, checkpoint=ckpt, progress=False)
+    _rewrite_metadata(ckpt, edit)
+    with pytest.raises(ValueError, match=match):
+        dpjax.train(
+            _cfg(steps=6, target_epsilon=3.0, seed=None),
+            dataset=digits,
+            checkpoint=ckpt,
+            progress=False,
+        )
+
+
+def test_resume_refuses_a_zeroed_noise_key(digits, tmp_path):
+    ckpt = tmp_path / "run.npz"
+    dpjax.train(_cfg(steps=3), dataset=digits, checkpoint=ckpt, progress=False)
+    _rewrite_array(ckpt, lambda n: n.startswith("key:"), np.zeros_like)
+    with pytest.raises(ValueError, match="noise key"):
+        dpjax.train(_cfg(steps=6), dataset=digits, checkpoint=ckpt, progress=False)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"not a zip file", b"PK\x03\x04truncated", "pickle"],
+    ids=["empty", "garbage", "truncated-zip", "pickled"],
+)
+def test_malformed_checkpoint_is_a_clear_value_error(digits, tmp_path, content):
+    ckpt = tmp_path / "run.npz"
+    if content == "pickle":
+        with open(ckpt, "wb") as f:
+            np.savez(f, **{"0": np.array([object()], dtype=object)})
+    else:
+        ckpt.write_bytes(content)
+    with pytest.raises(ValueError, match="not a readable dpjax checkpoint"):
+        dpjax.train(_cfg(steps=2), dataset=digits, checkpoint=ckpt, progress=False)
+
+
+def test_truncated_checkpoint_is_a_clear_value_error(digits, tmp_path):
+    ckpt = tmp_path / "run.npz"
+    dpjax.train(_cfg(steps=2), dataset=digits, checkpoint=ckpt, progress=False)
+    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    with pytest.raises(ValueError, match="not a readable dpjax checkpoint"):
+        dpjax.train(_cfg(steps=4), dataset=digits, checkpoint=ckpt, progress=False)
+
+
+def test_steps_beyond_the_int32_noise_counter_are_refused():
+    with pytest.raises(ValueError, match=r"steps=.*2\*\*31"):
+        _cfg(steps=2**31)
+
+
+def test_not_private_with_a_noise_multiplier_is_refused():
+    with pytest.raises(ValueError, match="not_private=True contradicts noise_multiplier"):
+        _cfg(not_private=True, noise_multiplier=1.0)
