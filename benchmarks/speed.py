@@ -37,6 +37,10 @@ Usage::
   python benchmarks/speed.py                    # full grid
   python benchmarks/speed.py --json-out F.json  # PNG goes next to it
 
+The JSON also holds ``noise_sampler``: the time of one noise draw alone, float32
+``jax.random.normal`` (5.4-sigma tails) against dpjax's sampler (12.95-sigma tails,
+``dpjax._noise``), on 2e5 and 1e7 coordinates (skip it with ``--no-noise-sampler``).
+
 The same script runs unchanged on a GPU (JAX and torch pick it up).
 """
 
@@ -460,6 +464,53 @@ def run_jax_breakdown(cfg: dict[str, Any]) -> dict[str, Any]:
     return {"median_ms_by_piece": out, "device": jax_device()}
 
 
+NOISE_SAMPLER_SIZES = (200_000, 10_000_000)
+NOISE_SAMPLER_METHOD = (
+    "one noise draw alone, each contender one jax.jit function of the key (a fresh key per "
+    "call), synced with block_until_ready; after 2 untimed calls, the contenders alternate "
+    "call by call and the median is taken; 'jax.random.normal' is float32 jax.random.normal "
+    "(the old sampler), 'dpjax' is dpjax._noise._standard_normal (float32)"
+)
+
+
+def run_noise_sampler(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Median ms of one float32 N(0, 1) draw: ``jax.random.normal`` against dpjax's sampler."""
+    import jax
+    import jax.numpy as jnp
+
+    from dpjax import _noise
+
+    rows = []
+    for n in cfg["sizes"]:
+        contenders = {
+            "jax.random.normal": jax.jit(
+                lambda key, n=n: jax.random.normal(key, (n,), jnp.float32)
+            ),
+            "dpjax": jax.jit(
+                lambda key, n=n: _noise._standard_normal(key, (n,), jnp.dtype(jnp.float32))
+            ),
+        }
+        times: dict[str, list[float]] = {name: [] for name in contenders}
+        for i in range(2 + cfg["steps"]):
+            for name, fn in contenders.items():
+                key = jax.random.key(i)
+                t0 = time.perf_counter()
+                fn(key).block_until_ready()
+                if i >= 2:
+                    times[name].append(time.perf_counter() - t0)
+        old, new = (1e3 * statistics.median(times[k]) for k in ("jax.random.normal", "dpjax"))
+        rows.append(
+            {
+                "coordinates": n,
+                "jax_random_normal_median_ms": old,
+                "dpjax_median_ms": new,
+                "ratio_dpjax_over_normal": new / old,
+                "calls_timed": cfg["steps"],
+            }
+        )
+    return {"rows": rows, "method": NOISE_SAMPLER_METHOD, "device": jax_device()}
+
+
 def _summary(times: list[float]) -> dict[str, float]:
     return {
         "median_ms": 1e3 * statistics.median(times),
@@ -531,7 +582,12 @@ def worker_main(cfg: dict[str, Any]) -> None:
         import dpjax  # noqa: F401
 
         start = _rss_mb()
-        rec = run_jax_breakdown(cfg) if cfg["mode"] == "breakdown" else run_jax_config(cfg)
+        if cfg["mode"] == "noise_sampler":
+            rec = run_noise_sampler(cfg)
+        elif cfg["mode"] == "breakdown":
+            rec = run_jax_breakdown(cfg)
+        else:
+            rec = run_jax_config(cfg)
     rec["rss_start_mb"] = start
     steps_peak = (
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -697,6 +753,11 @@ def main(argv: list[str] | None = None) -> None:
         "--no-torch", action="store_true", help="skip PyTorch/Opacus even if installed"
     )
     parser.add_argument("--no-breakdown", action="store_true", help="skip the dpjax step breakdown")
+    parser.add_argument(
+        "--no-noise-sampler",
+        action="store_true",
+        help="skip the timing of one noise draw (jax.random.normal vs dpjax's sampler)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -753,6 +814,17 @@ def main(argv: list[str] | None = None) -> None:
             },
             script,
         )
+    noise_sampler = None
+    if not args.no_noise_sampler:
+        noise_sampler = run_in_subprocess(
+            {
+                "framework": "dpjax",
+                "mode": "noise_sampler",
+                "sizes": list(NOISE_SAMPLER_SIZES),
+                "steps": 7 if args.quick else 21,
+            },
+            script,
+        )
     add_ratios(records)
     payload = {
         "benchmark": "speed",
@@ -765,6 +837,7 @@ def main(argv: list[str] | None = None) -> None:
         "records": records,
         "dpjax_vs_opacus": dpjax_vs_opacus(records),
         "dpjax_breakdown": breakdown,
+        "noise_sampler": noise_sampler,
         "wall_s": time.perf_counter() - t_start,
     }
     common.write_json(args.json_out, payload)
@@ -781,6 +854,14 @@ def main(argv: list[str] | None = None) -> None:
             "dpjax breakdown (cnn, B=256):",
             breakdown.get("median_ms_by_piece", breakdown.get("error")),
         )
+    for row in (noise_sampler or {}).get("rows", []):
+        print(
+            f"noise draw, {row['coordinates']} coordinates: jax.random.normal "
+            f"{row['jax_random_normal_median_ms']:.2f} ms, dpjax {row['dpjax_median_ms']:.2f} ms "
+            f"-> {row['ratio_dpjax_over_normal']:.2f}x"
+        )
+    if noise_sampler and "error" in noise_sampler:
+        print("noise sampler timing:", noise_sampler["error"])
     print(
         f"wrote {args.json_out} and {args.json_out.with_suffix('.png')} "
         f"in {payload['wall_s']:.0f} s"

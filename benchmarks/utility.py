@@ -1,7 +1,7 @@
 """Privacy-utility curves: test accuracy against epsilon for dpjax's DP-SGD trainer.
 
 For each (dataset, model) and each epsilon in {0.5, 1, 2, 3, 8, inf} at
-delta = 1e-5, trains with ``dpjax.train`` (Poisson sampling, PLD accountant,
+delta = 1e-5, trains with ``dpjax.training.train`` (Poisson sampling, PLD accountant,
 noise multiplier calibrated so the run spends the whole budget) and reports the
 test accuracy of the final model as mean +- std over seeds. ``inf`` is the NOT
 PRIVATE baseline (``not_private=True``: no clipping, no noise, no guarantee).
@@ -197,7 +197,7 @@ def train_once(
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     log_path.unlink(missing_ok=True)
     private = not math.isinf(eps)
-    config = dpjax.TrainConfig(
+    config = dpjax.training.TrainConfig(
         dataset=dataset,
         model=model,
         target_epsilon=eps if private else None,
@@ -213,7 +213,7 @@ def train_once(
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dpjax.NotPrivateWarning)
-        result = dpjax.train(
+        result = dpjax.training.train(
             config, dataset=data, json_out=summary_path, log_path=log_path, progress=False
         )
     # The summary never records a seed (summaries get published); a benchmark's seeds are

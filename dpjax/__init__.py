@@ -1,66 +1,70 @@
-"""dpjax: differentially private training in JAX.
+"""dpjax: differentially private training in JAX. This namespace is the mechanism.
 
-The data flows one way: sampling -> per-example gradients -> clip ->
-(accumulate) -> noise -> normalize -> optimizer -> accountant.
+The data flow one way, one module per stage:
+
+    sampling          PoissonSampler, Batch                                   (_sampling, host)
+    per-example grads per_example_grads                                       (_per_example)
+    clip (+ sum)      clip_per_example, clip_and_sum, clip_weights, ClippedSum (_clipping)
+    accumulate        accumulate_clipped_grads                                (_accumulation)
+    noise             gaussian_mechanism, add_gaussian_noise                  (_noise)
+    normalize + step  noisy_mean, scale_by_expected_batch_size, dp_sgd, private_update
+                                                                              (_aggregation)
+    account           PrivacyTracker, records (PoissonGaussianSteps, ...),    (_tracker, _releases,
+                      compute_epsilon, calibrate_noise_multiplier             _accounting, host)
+
+Every clipper returns a :class:`ClippedSum` that carries its L2 sensitivity; the
+noise stage reads it from there. Consumers live in subpackages with their own
+namespaces: :mod:`dpjax.ghost` (clipping in one backward pass), :mod:`dpjax.data`,
+:mod:`dpjax.models`, :mod:`dpjax.training` (trainer, checkpoints, CLI).
 """
 
-from dpjax._accounting import BudgetExceededError as BudgetExceededError
-from dpjax._accounting import PrivacyTracker as PrivacyTracker
 from dpjax._accounting import calibrate_noise_multiplier as calibrate_noise_multiplier
 from dpjax._accounting import compute_epsilon as compute_epsilon
 from dpjax._accounting import dp_sgd_event as dp_sgd_event
 from dpjax._accounting import max_steps as max_steps
 from dpjax._accounting import steps_from_epochs as steps_from_epochs
 from dpjax._accumulation import accumulate_clipped_grads as accumulate_clipped_grads
-from dpjax._aggregation import NotPrivateWarning as NotPrivateWarning
 from dpjax._aggregation import dp_aggregate as dp_aggregate
 from dpjax._aggregation import dp_sgd as dp_sgd
 from dpjax._aggregation import noisy_mean as noisy_mean
 from dpjax._aggregation import non_private_aggregate as non_private_aggregate
+from dpjax._aggregation import non_private_mean as non_private_mean
+from dpjax._aggregation import private_update as private_update
 from dpjax._aggregation import scale_by_expected_batch_size as scale_by_expected_batch_size
+from dpjax._clipping import ClippedSum as ClippedSum
 from dpjax._clipping import ClipStats as ClipStats
+from dpjax._clipping import NotPrivateWarning as NotPrivateWarning
 from dpjax._clipping import clip_and_sum as clip_and_sum
 from dpjax._clipping import clip_per_example as clip_per_example
+from dpjax._clipping import clip_weights as clip_weights
+from dpjax._clipping import not_private_grads as not_private_grads
+from dpjax._clipping import not_private_sum as not_private_sum
 from dpjax._clipping import per_example_global_norms as per_example_global_norms
-from dpjax._datasets import DATASET_NAMES as DATASET_NAMES
-from dpjax._datasets import Dataset as Dataset
-from dpjax._datasets import Split as Split
-from dpjax._datasets import load_dataset as load_dataset
-from dpjax._datasets import load_idx as load_idx
-from dpjax._ghost import ghost_clipped_grads as ghost_clipped_grads
-from dpjax._ghost import is_ghost_compatible as is_ghost_compatible
-from dpjax._ghost_layers import GhostConv as GhostConv
-from dpjax._ghost_layers import GhostDense as GhostDense
-from dpjax._ghost_layers import GhostEmbed as GhostEmbed
-from dpjax._ghost_layers import GhostLayerNorm as GhostLayerNorm
-from dpjax._ghost_layers import GhostLinear as GhostLinear
-from dpjax._ghost_layers import ghost_conv as ghost_conv
-from dpjax._ghost_layers import ghost_dense as ghost_dense
-from dpjax._ghost_layers import ghost_embed as ghost_embed
-from dpjax._ghost_layers import ghost_scale_shift as ghost_scale_shift
-from dpjax._models import DPCNN as DPCNN
-from dpjax._models import MLP as MLP
-from dpjax._models import MODEL_NAMES as MODEL_NAMES
-from dpjax._models import FunctionalModel as FunctionalModel
-from dpjax._models import GroupNormCNN as GroupNormCNN
-from dpjax._models import LinenCNN as LinenCNN
-from dpjax._models import LinenMLP as LinenMLP
-from dpjax._models import LogisticRegression as LogisticRegression
-from dpjax._models import check_no_batchnorm as check_no_batchnorm
-from dpjax._models import functional as functional
-from dpjax._models import make_model as make_model
 from dpjax._noise import GaussianNoiseState as GaussianNoiseState
 from dpjax._noise import add_gaussian_noise as add_gaussian_noise
+from dpjax._noise import gaussian_mechanism as gaussian_mechanism
 from dpjax._per_example import per_example_grads as per_example_grads
+from dpjax._random import derive_seed as derive_seed
 from dpjax._random import key_from_seed as key_from_seed
 from dpjax._random import secret_key as secret_key
 from dpjax._random import secret_seed as secret_seed
+from dpjax._releases import EventRelease as EventRelease
+from dpjax._releases import GaussianRelease as GaussianRelease
+from dpjax._releases import LaplaceRelease as LaplaceRelease
+from dpjax._releases import PoissonGaussianSteps as PoissonGaussianSteps
+from dpjax._releases import PureEpsilonRelease as PureEpsilonRelease
+from dpjax._releases import Release as Release
 from dpjax._sampling import Batch as Batch
 from dpjax._sampling import PoissonSampler as PoissonSampler
-from dpjax._trainer import OPTIMIZERS as OPTIMIZERS
-from dpjax._trainer import TrainConfig as TrainConfig
-from dpjax._trainer import TrainResult as TrainResult
-from dpjax._trainer import plan_run as plan_run
-from dpjax._trainer import train as train
+from dpjax._tracker import BudgetExceededError as BudgetExceededError
+from dpjax._tracker import PrivacyTracker as PrivacyTracker
+
+# Entry points kept from the first API (the README's example). Ghost clipping lives in
+# `dpjax.ghost`, the data sets in `dpjax.data`, the model zoo in `dpjax.models`.
+from dpjax.data import load_dataset as load_dataset  # noqa: E402, I001
+from dpjax.ghost import ghost_clipped_grads as ghost_clipped_grads  # noqa: E402
+from dpjax.ghost import ghost_conv as ghost_conv  # noqa: E402
+from dpjax.ghost import ghost_dense as ghost_dense  # noqa: E402
+from dpjax.models import make_model as make_model  # noqa: E402
 
 __version__ = "0.1.0"

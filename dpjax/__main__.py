@@ -2,6 +2,6 @@
 
 import sys
 
-from dpjax._cli import main
+from dpjax.training import main
 
 sys.exit(main())

@@ -23,7 +23,31 @@ query depends on the number of steps but not on sigma or q (about 0.05 s at
 within about 0.1 % of a much finer grid. The rounding is always pessimistic, so
 every epsilon reported is an upper bound.
 :func:`compute_epsilon` equals ``PLDAccountant(value_discretization_interval=
-pld_value_discretization_interval(event))`` composed with the same event.
+pld_value_discretization_interval(event))`` composed with the same event, asked
+for epsilon at the delta left after the noise-tail term below.
+
+**Noise-tail term.** dpjax's Gaussian sampler equals an exact Gaussian except
+with probability ``NOISE_TAIL_MASS = 2**-124`` per coordinate and step (its tail is
+cut at 12.95 sigma, see :mod:`dpjax._noise`). A run that is (eps, delta_exact)-DP
+with exact Gaussians is then (eps, delta_exact + (1 + e^eps) * T * d * 2**-124)-DP,
+T being the number of Gaussian releases (steps) and d = ``MAX_NOISE_COORDINATES =
+2**40`` the most coordinates a step may noise (:func:`noise_tail_delta`). Every
+epsilon dpjax reports is certified for the stated delta with this term included:
+it is the accountant's epsilon at ``delta - noise_tail_delta(T, eps)`` (rounded
+down), checked at the returned eps. For any useful run the term is below 1e-20
+and no reported number moves; above roughly eps = 26 (T = 10**9) to 47 (T = 1)
+the term alone exceeds delta = 1e-5 and the epsilon is ``inf``. Float rounding of
+the noise (the low-bit attack of Mironov 2012) is a separate issue, not covered.
+
+**Limits.** A query is refused with a ``ValueError`` rather than allowed to
+exhaust memory: more than ``MAX_STEPS_CAP = 10**9`` steps in total; a noise
+multiplier below ``PLD_MIN_NOISE_MULTIPLIER = 0.05`` with PLD (its one-step grid
+alone has about 8e5 points and takes seconds; 0.01 takes minutes) or below
+``RDP_MIN_NOISE_MULTIPLIER = 1e-6`` with RDP (1e-300 divides by zero; RDP works
+down to about 1e-100, but any such sigma spends an epsilon far beyond the
+noise-tail limit above and is a units mistake); a PLD whose one-step grid would have
+more than 2**22 points or whose composition would have more than 2**24 (about
+1.4 GB and 7 s measured; use ``accountant="rdp"``, which has no such limit).
 
 References:
   Abadi et al., "Deep Learning with Differential Privacy", CCS 2016,
@@ -38,6 +62,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections import OrderedDict
@@ -46,14 +71,18 @@ from fractions import Fraction
 from typing import Any
 
 import dp_accounting
-from dp_accounting import dp_event as _dp_event_module
 from dp_accounting.pld import PLDAccountant
+from dp_accounting.pld import common as _pld_common
+from dp_accounting.pld import privacy_loss_distribution as _pld
+from dp_accounting.pld import privacy_loss_mechanism as _pl_mechanism
 from dp_accounting.rdp import RdpAccountant
 
+from dpjax._noise import MAX_NOISE_COORDINATES, NOISE_TAIL_MASS
 from dpjax._validation import (
     check_accountant,
     check_delta,
     check_noise_multiplier,
+    check_nonnegative_int,
     check_positive_float,
     check_positive_int,
     check_sampling_rate,
@@ -69,12 +98,21 @@ _PLD_INTERVAL_FRACTION = 0.1
 SIGMA_MIN = 0.1
 SIGMA_MAX = 500.0
 
-# max_steps never searches beyond this many steps.
+# max_steps never searches beyond this many steps; no query accounts more.
 MAX_STEPS_CAP = 10**9
 
+# Smallest noise multipliers accounted (see "Limits" in the module docstring).
+PLD_MIN_NOISE_MULTIPLIER = 0.05
+RDP_MIN_NOISE_MULTIPLIER = 1e-6
 
-class BudgetExceededError(RuntimeError):
-    """Raised when a step (or event) would take the spent epsilon above the target."""
+# PLD grid points allowed: one step's PMFs (remove + add), and the whole composition.
+_PLD_MAX_STEP_POINTS = 2**22
+_PLD_MAX_POINTS = 2**24
+
+
+class _AccountingLimitError(ValueError):
+    """A query beyond the accountant's step or memory limits (a step-count search treats it
+    as over budget: the count cannot be certified)."""
 
 
 # --------------------------------------------------------------------------- events
@@ -208,6 +246,243 @@ def pld_value_discretization_interval(event: dp_accounting.DpEvent) -> float:
     return max(interval, _PLD_INTERVAL_MIN)
 
 
+# ------------------------------------------------------ noise-tail term and limits
+
+
+def noise_tail_delta(
+    steps: int, epsilon: float, num_coordinates: int = MAX_NOISE_COORDINATES
+) -> float:
+    """The delta that the cut tail of dpjax's noise sampler adds to a guarantee.
+
+    Host side. ``(1 + e^epsilon) * steps * num_coordinates * NOISE_TAIL_MASS``
+    with ``NOISE_TAIL_MASS = 2**-124`` (:mod:`dpjax._noise`), rounded up; ``inf``
+    when ``e^epsilon`` overflows. The accountant charges it at every query (see
+    the module docstring).
+
+    Args:
+      steps: the number T of noised releases (DP-SGD steps), an integer >= 0.
+      epsilon: the epsilon of the guarantee, >= 0 (``inf`` allowed).
+      num_coordinates: d, the most coordinates one step noises; default
+        ``MAX_NOISE_COORDINATES = 2**40``, which :func:`dpjax.add_gaussian_noise`
+        enforces.
+
+    Returns:
+      The term to add to delta.
+
+    Raises:
+      ValueError: if an argument is out of range.
+
+    Example:
+      >>> noise_tail_delta(1000, 2.0)  # (1 + e^2) * 1000 * 2**40 * 2**-124
+      4.33...e-22
+
+    **Privacy**: if each noise coordinate differs from an exact Gaussian only on
+    an event of probability eta (the coupling of :data:`dpjax._noise.NOISE_TAIL_MASS`),
+    every one of the T * d coordinates of a run agrees with it except with
+    probability T * d * eta, so for neighbours D, D' and any set S of outputs,
+    ``P'[M(D) in S] <= P[M(D) in S] + T d eta <= e^eps P[M(D') in S] + delta +
+    T d eta <= e^eps P'[M(D') in S] + delta + (1 + e^eps) T d eta``, where P is
+    the run with exact Gaussians (assumed (eps, delta)-DP) and P' the real one.
+    """
+    t = check_nonnegative_int(steps, "steps", "1000")
+    d = check_positive_int(num_coordinates, "num_coordinates", "2**40")
+    if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real) or not epsilon >= 0:
+        raise ValueError(f"epsilon={epsilon!r} must be a number >= 0; pass e.g. epsilon=1.0.")
+    if t == 0:
+        return 0.0
+    if epsilon > 700.0:
+        return math.inf
+    # The factor covers the float rounding of the products (relative 1e-15 at most).
+    return (1.0 + math.exp(epsilon)) * t * d * NOISE_TAIL_MASS * (1.0 + 2.0**-40)
+
+
+def _delta_left(delta: float, tail: float) -> float:
+    """The largest float b >= 0 with b + tail <= delta in exact arithmetic (0.0 if none)."""
+    left = delta - tail
+    exact = Fraction(delta) - Fraction(tail)
+    while left > 0.0 and Fraction(left) > exact:
+        left = math.nextafter(left, 0.0)
+    return max(left, 0.0)
+
+
+def _certified_epsilon(get_epsilon: Callable[[float], float], delta: float, steps: int) -> float:
+    """An epsilon e with ``get_epsilon(delta - noise_tail_delta(steps, e)) <= e``, or inf.
+
+    `get_epsilon` is the accountant's epsilon for a delta (non-increasing in delta);
+    its delta at e is then at most ``delta - noise_tail_delta(steps, e)``, so (e,
+    delta) holds with the tail included. Starts at ``get_epsilon(delta)`` (a lower
+    bound on the answer) and iterates; one or two evaluations in practice.
+    """
+    eps = float(get_epsilon(delta))
+    for _ in range(64):
+        if not math.isfinite(eps):
+            return math.inf
+        tail = noise_tail_delta(steps, eps)
+        if not tail < delta:
+            return math.inf
+        left = _delta_left(delta, tail)
+        if left <= 0.0:
+            return math.inf
+        again = float(get_epsilon(left))
+        if again <= eps:
+            return eps
+        eps = again
+    return math.inf
+
+
+def _leaves(event: dp_accounting.DpEvent, count: int = 1):
+    """Yields ``(event, count)`` for every non-composite event, counts multiplied out."""
+    if isinstance(event, dp_accounting.SelfComposedDpEvent):
+        yield from _leaves(event.event, count * event.count)
+    elif isinstance(event, dp_accounting.ComposedDpEvent):
+        for e in event.events:
+            yield from _leaves(e, count)
+    else:
+        yield event, count
+
+
+def _gaussian_noise_multiplier(event: dp_accounting.DpEvent) -> float | None:
+    """Sigma of a (Poisson-sampled) Gaussian event, None for any other event."""
+    if isinstance(event, dp_accounting.PoissonSampledDpEvent):
+        event = event.event
+    if isinstance(event, dp_accounting.GaussianDpEvent):
+        return event.noise_multiplier
+    return None
+
+
+def _check_limits(event: dp_accounting.DpEvent, accountant: str) -> int:
+    """Checks the sigma floor and the step cap; returns the number of releases T.
+
+    T counts every release except no-ops (each may have used dpjax's sampler;
+    counting a Laplace release too only overcharges the tail term).
+    """
+    floor, name = (
+        (PLD_MIN_NOISE_MULTIPLIER, "PLD_MIN_NOISE_MULTIPLIER")
+        if accountant == "pld"
+        else (RDP_MIN_NOISE_MULTIPLIER, "RDP_MIN_NOISE_MULTIPLIER")
+    )
+    releases = 0
+    for leaf, count in _leaves(event):
+        if isinstance(leaf, (dp_accounting.NoOpDpEvent, dp_accounting.NonPrivateDpEvent)):
+            continue
+        releases += count
+        sigma = _gaussian_noise_multiplier(leaf)
+        if sigma is not None and 0 < sigma < floor:
+            why = (
+                "one step's privacy-loss grid alone would take seconds to minutes and "
+                "gigabytes, for an epsilon in the hundreds (a step at sigma = 0.05, q = 1 "
+                "spends epsilon ~ 280 at delta = 1e-5)"
+                if accountant == "pld"
+                else "one step at such sigma spends an astronomically large epsilon, and "
+                "sigma = 1e-300 divides by zero in the RDP formulas; this is usually a "
+                "units mistake"
+            )
+            raise ValueError(
+                f"noise_multiplier={sigma!r} is below {name} = {floor:g} for "
+                f"accountant={accountant!r}: {why}. Pass noise_multiplier >= {floor:g} "
+                f"(dpjax.calibrate_noise_multiplier finds one for a target epsilon)"
+                + (", or accountant='rdp'." if accountant == "pld" else ".")
+            )
+    if releases > MAX_STEPS_CAP:
+        raise _AccountingLimitError(
+            f"steps={releases} exceeds MAX_STEPS_CAP = 10**9 steps per query (the PLD of "
+            f"1e14 steps would need terabytes). Account at most 10**9 steps; no useful run "
+            f"takes more."
+        )
+    return releases
+
+
+def _step_points(sigma: float, q: float, interval: float) -> int:
+    """Grid points of one step's PLD (remove and, if q < 1, add PMFs), from its loss bounds."""
+    adjacencies = [_pl_mechanism.AdjacencyType.REMOVE]
+    if q < 1.0:
+        adjacencies.append(_pl_mechanism.AdjacencyType.ADD)
+    points = 0.0
+    for adjacency in adjacencies:
+        bounds = _pl_mechanism.GaussianPrivacyLoss(
+            sigma, sampling_prob=q, adjacency_type=adjacency
+        ).connect_dots_bounds()
+        points += (bounds.epsilon_upper - bounds.epsilon_lower) / interval + 2
+    return math.ceil(points) if math.isfinite(points) else _PLD_MAX_POINTS + 1
+
+
+def _too_large(points: float, what: str) -> _AccountingLimitError:
+    return _AccountingLimitError(
+        f"{what} would need about {points:.3g} privacy-loss grid points, more than the PLD "
+        f"accountant's limit (2**22 for one step, 2**24 = 1.7e7 in all, about 1.4 GB). Pass "
+        f"accountant='rdp' (no such limit), fewer steps or a larger noise_multiplier."
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _step_pld(sigma: float, q: float, interval: float) -> _pld.PrivacyLossDistribution:
+    """One Poisson-subsampled Gaussian step's PLD, as ``PLDAccountant`` builds it (cached)."""
+    points = _step_points(sigma, q, interval)
+    if points > _PLD_MAX_STEP_POINTS:
+        raise _too_large(points, f"one step at noise_multiplier={sigma!r}, sampling_rate={q!r}")
+    return _pld.from_gaussian_mechanism(
+        standard_deviation=sigma,
+        value_discretization_interval=interval,
+        sampling_prob=q,
+        neighboring_relation=dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
+    )
+
+
+def _composed_points(step: _pld.PrivacyLossDistribution, count: int) -> int:
+    """Grid points of ``step.self_compose(count)``: dp_accounting's own truncation bounds.
+
+    Reads dp_accounting's private PMF fields (tested against dp-accounting 0.6.0).
+    """
+    pmfs = [step._pmf_remove] if step._symmetric else [step._pmf_remove, step._pmf_add]
+    points = 0
+    for pmf in pmfs:
+        probs = pmf.to_dense_pmf()._probs
+        lo, hi = _pld_common.compute_self_convolve_bounds(probs, count, 1e-15)
+        points += hi - lo + 1
+    return points
+
+
+class _BoundedPLDAccountant(PLDAccountant):
+    """``PLDAccountant`` that refuses compositions too large for memory.
+
+    Poisson-subsampled Gaussian phases are composed with the same calls, in the
+    same order, as ``PLDAccountant`` (so the epsilons are equal), reusing cached
+    one-step PLDs and predicting each composition's size first. Every other event
+    goes to ``PLDAccountant`` (plain Gaussian events after a size check).
+    """
+
+    def __init__(self, value_discretization_interval: float):
+        super().__init__(value_discretization_interval=value_discretization_interval)
+        self._interval = value_discretization_interval
+        self._points = 1
+
+    def _maybe_compose(self, event, count, do_compose):
+        sigma = _gaussian_noise_multiplier(event)
+        if do_compose and sigma is not None and sigma > 0:
+            if isinstance(event, dp_accounting.PoissonSampledDpEvent):
+                q = event.sampling_probability
+                if q > 0:
+                    step = _step_pld(sigma, q, self._interval)
+                    self._points += _composed_points(step, count)
+                    if self._points > _PLD_MAX_POINTS:
+                        raise _too_large(
+                            self._points,
+                            f"steps={count} at noise_multiplier={sigma!r}, sampling_rate={q!r}",
+                        )
+                    self._pld = self._pld.compose(step.self_compose(count))
+                    return None
+            else:  # PLDAccountant composes count Gaussians as one of std sigma / sqrt(count)
+                points = _step_points(sigma / math.sqrt(count), 1.0, self._interval)
+                self._points += points
+                if points > _PLD_MAX_STEP_POINTS or self._points > _PLD_MAX_POINTS:
+                    raise _too_large(
+                        points, f"{count} Gaussian releases at noise_multiplier={sigma!r}"
+                    )
+        return super()._maybe_compose(event, count, do_compose)
+
+
+# ------------------------------------------------------------------ epsilon of an event
+
 _CACHE: OrderedDict[tuple, float] = OrderedDict()
 _CACHE_SIZE = 4096
 
@@ -215,20 +490,30 @@ _CACHE_SIZE = 4096
 def _clear_cache() -> None:
     """Forgets memoised epsilons (for benchmarks that time cold queries)."""
     _CACHE.clear()
+    _step_pld.cache_clear()
 
 
 def _epsilon_of_event(event: dp_accounting.DpEvent, delta: float, accountant: str) -> float:
-    """Epsilon of an already validated event (memoised on the event's repr)."""
+    """Certified epsilon of an already validated event (memoised on the event's repr).
+
+    The accountant's epsilon at the delta left after :func:`noise_tail_delta`
+    (module docstring), within the limits of the module docstring.
+
+    Raises:
+      ValueError: if a noise multiplier is below the accountant's floor, or the
+        query exceeds the step or memory limits.
+    """
     key = (repr(event), delta, accountant)
     if key in _CACHE:
         _CACHE.move_to_end(key)
         return _CACHE[key]
+    releases = _check_limits(event, accountant)
     if accountant == "pld":
-        acc = PLDAccountant(value_discretization_interval=pld_value_discretization_interval(event))
+        acc = _BoundedPLDAccountant(pld_value_discretization_interval(event))
     else:
         acc = RdpAccountant()
     acc.compose(event)
-    eps = float(acc.get_epsilon(delta))
+    eps = _certified_epsilon(acc.get_epsilon, delta, releases)
     _CACHE[key] = eps
     if len(_CACHE) > _CACHE_SIZE:
         _CACHE.popitem(last=False)
@@ -250,7 +535,9 @@ def compute_epsilon(
     ``dp_sgd_event(noise_multipliers, steps, sampling_rate)`` with
     ``RdpAccountant()`` or ``PLDAccountant(value_discretization_interval=
     pld_value_discretization_interval(event))`` (pessimistic rounding, the
-    ``dp_accounting`` default), and ``get_epsilon(delta)``. Results are memoised.
+    ``dp_accounting`` default), and ``get_epsilon(delta')`` at the delta left
+    after the noise-tail term, ``delta' = delta - noise_tail_delta(T, eps)``
+    rounded down (T the total steps; module docstring). Results are memoised.
 
     Args:
       noise_multipliers: sigma of each phase (scalar for one phase).
@@ -261,10 +548,14 @@ def compute_epsilon(
       dataset_size: if given, delta must be below 1 / dataset_size.
 
     Returns:
-      The epsilon (an upper bound; ``inf`` when no finite epsilon exists).
+      The epsilon (an upper bound; ``inf`` when no finite epsilon can be
+      certified, e.g. when the noise-tail term alone exceeds delta).
 
     Raises:
-      ValueError: if an argument is invalid (the message names it and the fix).
+      ValueError: if an argument is invalid (the message names it and the fix),
+        a noise multiplier is below ``PLD_MIN_NOISE_MULTIPLIER = 0.05`` (PLD) or
+        ``RDP_MIN_NOISE_MULTIPLIER = 1e-6`` (RDP), the steps exceed
+        ``MAX_STEPS_CAP = 10**9``, or the PLD would exceed its memory limit.
 
     Example:
       >>> round(compute_epsilon(1.0, 1000, 0.01, 1e-5), 2)
@@ -281,7 +572,9 @@ def compute_epsilon(
     example independently with probability q (Poisson sampling, as
     ``dpjax``'s sampler does; shuffling or fixed-size batches are not covered)
     and adds Gaussian noise of std ``sigma * C`` to the sum of per-example
-    gradients clipped to L2 norm C, with fresh noise every step. sigma = 0,
+    gradients clipped to L2 norm C, with fresh noise every step, drawn by
+    dpjax's sampler (:func:`dpjax.add_gaussian_noise`; its cut tail is charged
+    for at most 2**40 coordinates per step) or an exact Gaussian. sigma = 0,
     C = inf or an unclipped gradient give no guarantee at all.
     """
     delta = check_delta(delta, dataset_size)
@@ -315,10 +608,12 @@ def max_steps(
     Host side. Returns the largest T with ``eps(T) <= target_epsilon <
     eps(T + 1)``, where ``eps(T)`` is the epsilon of ``prior_event`` followed by
     T steps at ``noise_multiplier`` (the same event layout as
-    :func:`compute_epsilon` and :class:`PrivacyTracker`). Found by an
+    :func:`compute_epsilon` and :class:`dpjax.PrivacyTracker`). Found by an
     exponential search followed by a safeguarded interpolation/bisection on T
-    (about 10 to 25 epsilon evaluations). Capped at ``MAX_STEPS_CAP = 10**9``:
-    if even that many steps fit, the cap is returned.
+    (about 10 to 25 epsilon evaluations). Capped at ``MAX_STEPS_CAP = 10**9``
+    steps in all (``prior_event`` included): if even that many steps fit, the
+    cap is returned. A step count the PLD accountant cannot account within its
+    memory limit (module docstring) counts as over the target.
 
     Args:
       noise_multiplier: sigma of the steps.
@@ -332,7 +627,9 @@ def max_steps(
       The number of steps, 0 if even one step exceeds the target.
 
     Raises:
-      ValueError: if an argument is invalid.
+      ValueError: if an argument is invalid, the noise multiplier is below the
+        accountant's floor, or (without ``prior_event``) one step already has no
+        finite certified epsilon (the noise-tail term, module docstring).
 
     Example:
       >>> t = max_steps(1.0, 0.01, 1e-5, target_epsilon=2.0)
@@ -352,10 +649,28 @@ def max_steps(
     def eps(t: int) -> float:
         return _epsilon_of_event(_append(prior_event, _phase_event(sigma, t, q)), delta, accountant)
 
+    if prior_event is None and eps(1) == math.inf:
+        raise ValueError(
+            f"noise_multiplier={sigma!r} at sampling_rate={q!r} spends, in ONE step, more than "
+            f"any epsilon dpjax can certify at delta={delta!r} (beyond it the noise-tail term "
+            f"(1 + e^eps) * steps * 2**40 * 2**-124 exceeds delta, see noise_tail_delta), so no "
+            f"target_epsilon allows a step. Pass a larger noise_multiplier (e.g. from "
+            f"dpjax.calibrate_noise_multiplier)."
+        )
     return _largest_steps(eps, target)
 
 
 def _largest_steps(eps: Callable[[int], float], target: float) -> int:
+    def bounded(t: int) -> float:  # a count beyond the accountant's limits cannot be certified
+        try:
+            return eps(t)
+        except _AccountingLimitError:
+            return math.inf
+
+    return _search_steps(bounded, target)
+
+
+def _search_steps(eps: Callable[[int], float], target: float) -> int:
     lo, e_lo = 1, eps(1)
     if not e_lo <= target:
         return 0
@@ -427,9 +742,10 @@ def calibrate_noise_multiplier(
 
     Raises:
       ValueError: if an argument is invalid; if the target is unreachable even
-        at sigma = 500 (the message gives that smallest reachable epsilon); or
-        if it is so large that sigma = 0.1 already lands below
-        ``target * (1 - rtol)`` (choose sigma directly then).
+        at sigma = 500 (the message gives that smallest reachable epsilon); if
+        it is so large that sigma = 0.1 already lands below
+        ``target * (1 - rtol)`` (choose sigma directly then), or above the
+        largest epsilon certifiable with the noise-tail term (module docstring).
 
     Example:
       >>> sigma = calibrate_noise_multiplier(2.0, 0.01, 1000, 1e-5)
@@ -449,6 +765,15 @@ def calibrate_noise_multiplier(
     if not (isinstance(rtol, numbers.Real) and 0 < rtol < 1):
         raise ValueError(f"rtol={rtol!r} must lie in (0, 1); pass e.g. rtol=0.01.")
     floor = target * (1.0 - rtol)
+    ceiling = _largest_certifiable_epsilon(steps, delta)
+    if floor >= ceiling:
+        raise ValueError(
+            f"target_epsilon={target_epsilon!r} is so large that no noise multiplier reaches "
+            f"it: above epsilon = {ceiling:.4g} the noise-tail term (1 + e^eps) * steps * 2**40 "
+            f"* 2**-124 alone exceeds delta={delta!r} for steps={steps} (see noise_tail_delta), "
+            f"and no epsilon near the target gives meaningful privacy. Pass a smaller "
+            f"target_epsilon."
+        )
 
     def eps(sigma: float) -> float:
         return _epsilon_of_event(_phase_event(sigma, steps, q), delta, accountant)
@@ -488,6 +813,13 @@ def calibrate_noise_multiplier(
             elif sigma == SIGMA_MIN:
                 if e >= floor:
                     return sigma
+                if e == 0.0:
+                    raise ValueError(
+                        f"delta={delta!r} is so large that even noise_multiplier={SIGMA_MIN:g} "
+                        f"spends epsilon=0 over steps={steps} at sampling_rate={q:g}: a delta "
+                        f"that large is no guarantee. Pass a delta well below 1/dataset_size, "
+                        f"e.g. delta=1e-5."
+                    )
                 raise ValueError(
                     f"target_epsilon={target_epsilon!r} is so large that even "
                     f"noise_multiplier={SIGMA_MIN:g} gives only epsilon={e:.6g}; such a "
@@ -498,7 +830,7 @@ def calibrate_noise_multiplier(
                 hi, e_hi = sigma, e
 
     # Illinois regula falsi in log-log space, bisection when it stalls.
-    w_lo, w_hi, last = math.log(e_lo / target), math.log(e_hi / target), None
+    w_lo, w_hi, last = _log_ratio(e_lo, target), _log_ratio(e_hi, target), None
     for _ in range(200):
         if e_hi >= floor:
             return hi
@@ -510,7 +842,7 @@ def calibrate_noise_multiplier(
             x = 0.5 * (l_lo + l_hi)
         sigma = math.exp(x)
         e = eps(sigma)
-        w = math.log(e / target) if e > 0 else -math.inf
+        w = _log_ratio(e, target)
         if e > target:
             lo, e_lo, w_lo = sigma, e, w
             if last == "lo":
@@ -523,8 +855,19 @@ def calibrate_noise_multiplier(
             last = "hi"
         if hi / lo < 1 + 1e-12:
             break
-    # Not reached for continuous epsilon curves; hi is still a safe answer.
+    # Reached only next to the noise-tail cliff, where epsilon jumps to inf; hi is safe.
     return hi
+
+
+def _log_ratio(e: float, target: float) -> float:
+    """log(e / target), -inf for e = 0 (an epsilon of 0 happens for large delta)."""
+    return math.log(e / target) if e > 0 else -math.inf
+
+
+def _largest_certifiable_epsilon(steps: int, delta: float) -> float:
+    """The epsilon above which noise_tail_delta(steps, epsilon) alone exceeds delta."""
+    ratio = delta / noise_tail_delta(steps, 0.0) * 2.0  # noise_tail_delta(., 0) = 2 T d eta
+    return math.log(ratio - 1.0) if ratio > 1.0 else 0.0
 
 
 # ------------------------------------------------------------------ epochs -> steps
@@ -581,334 +924,38 @@ def steps_from_epochs(dataset_size: int, batch_size: int, epochs: float) -> tupl
     return q, steps, note
 
 
-# -------------------------------------------------------------------- event <-> JSON
+# ----------------------------------------------------------- epsilon of typed release records
 
 
-def _event_to_json(event: dp_accounting.DpEvent) -> dict[str, Any]:
-    def conv(value):
-        if hasattr(value, "_fields") and "class_name" in value._fields:
-            out = {}
-            for k, v in value._asdict().items():
-                if k == "module_name":
-                    continue
-                out["type" if k == "class_name" else k] = conv(v)
-            return out
-        if isinstance(value, (list, tuple)):
-            return [conv(v) for v in value]
-        return value
-
-    return conv(event.to_named_tuple())
+def compose_events(events: Sequence[dp_accounting.DpEvent | None]) -> dp_accounting.DpEvent:
+    """The events (None skipped) composed in order; `NoOpDpEvent()` when there are none."""
+    present = [e for e in events if e is not None]
+    return _compose(present) if present else dp_accounting.NoOpDpEvent()
 
 
-def _event_from_json(data: Any) -> Any:
-    if isinstance(data, list):
-        return [_event_from_json(v) for v in data]
-    if isinstance(data, dict):
-        name = data.get("type")
-        cls = getattr(_dp_event_module, str(name), None)
-        if not (isinstance(cls, type) and issubclass(cls, dp_accounting.DpEvent)):
-            raise ValueError(f"state_dict holds an unknown DpEvent type {name!r}.")
-        return cls(**{k: _event_from_json(v) for k, v in data.items() if k != "type"})
-    return data
+def epsilon_of_releases(releases: Sequence[Any], delta: float, accountant: str) -> float:
+    """Epsilon of release records (:mod:`dpjax._releases`) composed in order (host side).
 
-
-# ----------------------------------------------------------------------- the tracker
-
-
-class PrivacyTracker:
-    """Keeps the privacy account of a run and refuses steps beyond the budget.
-
-    Host side. Records every step's noise multiplier as run-length phases
-    (consecutive steps with the same sigma form one phase) plus any extra
-    events, in order, and accounts them with the chosen accountant.
-
-    **Speed.** :meth:`record_step` does not run a full accounting per step.
-    The first step of a phase costs one epsilon evaluation; the second step
-    computes, once, the phase's step limit ``max_steps(sigma, ..., prior_event=
-    <everything before the phase>)``; later steps with the same sigma only
-    compare the phase's step count with that cached limit. A sigma that changes
-    every step therefore costs one evaluation per step, over a growing event:
-    prefer piecewise-constant schedules. :meth:`epsilon_spent` is computed on
-    demand and cached until the next change.
+    The records with a `dp_accounting` event compose exactly (PLD or RDP, the
+    noise-tail term of :func:`noise_tail_delta` included); the pure-epsilon
+    records are then added (basic composition; see
+    :class:`dpjax.PureEpsilonRelease`).
 
     Args:
-      target_epsilon: the budget, > 0; ``math.inf`` only tracks (never refuses).
-      delta: target delta in (0, 1).
-      sampling_rate: Poisson inclusion probability q in (0, 1].
-      accountant: ``"pld"`` (default) or ``"rdp"``.
-      dataset_size: if given, delta must be below 1 / dataset_size.
+      releases: the records, already validated.
+      delta: the delta of the guarantee, already validated.
+      accountant: `"pld"` or `"rdp"`.
 
-    Raises:
-      ValueError: if an argument is invalid.
-
-    Example:
-      >>> tracker = PrivacyTracker(target_epsilon=1.0, delta=1e-5, sampling_rate=0.01)
-      >>> for _ in range(100):
-      ...     tracker.record_step(1.0)
-      >>> tracker.steps, tracker.phases, round(tracker.epsilon_spent(), 3)
-      (100, ((1.0, 100),), 0.718)
-      >>> tracker.can_step(0.1)
-      False
-
-    **Privacy**: the account is only true if every recorded step really used
-    Poisson sampling with rate ``sampling_rate`` and Gaussian noise of std
-    ``sigma * C`` on the sum of per-example gradients clipped to C (add/remove-
-    one neighbours), and if every step ever run is recorded: record a step
-    *before* releasing its update and do not release it if
-    :class:`BudgetExceededError` is raised. When resuming from a checkpoint,
-    rebuild the tracker with :meth:`from_state_dict`, never a fresh one.
+    Returns:
+      The epsilon (0.0 for no release).
     """
+    events = [r.dp_event() for r in releases]
+    pure = math.fsum(r.pure_epsilon for r in releases)
+    if not any(e is not None for e in events):
+        return pure
+    return _epsilon_of_event(compose_events(events), delta, accountant) + pure
 
-    def __init__(
-        self,
-        target_epsilon: float,
-        delta: float,
-        sampling_rate: float,
-        *,
-        accountant: str = "pld",
-        dataset_size: int | None = None,
-    ):
-        unlimited = isinstance(target_epsilon, numbers.Real) and target_epsilon == math.inf
-        self._target = math.inf if unlimited else check_target_epsilon(target_epsilon)
-        self._delta = check_delta(delta, dataset_size)
-        self._q = check_sampling_rate(sampling_rate)
-        self._accountant = check_accountant(accountant)
-        self._dataset_size = None if dataset_size is None else int(dataset_size)
-        # Entries in order: ["steps", sigma, count] or ["event", label, DpEvent].
-        self._entries: list[list[Any]] = []
-        self._phase_limit: int | None = None  # max steps of the last phase, if known
-        self._eps: float | None = 0.0
 
-    # -- read-only views
-    @property
-    def target_epsilon(self) -> float:
-        """The budget."""
-        return self._target
-
-    @property
-    def delta(self) -> float:
-        """The delta of the guarantee."""
-        return self._delta
-
-    @property
-    def sampling_rate(self) -> float:
-        """The Poisson sampling rate q of every step."""
-        return self._q
-
-    @property
-    def accountant(self) -> str:
-        """``"pld"`` or ``"rdp"``."""
-        return self._accountant
-
-    @property
-    def steps(self) -> int:
-        """Number of DP-SGD steps recorded."""
-        return sum(e[2] for e in self._entries if e[0] == "steps")
-
-    @property
-    def phases(self) -> tuple[tuple[float, int], ...]:
-        """The recorded steps as ``((sigma, steps), ...)`` in order."""
-        return tuple((e[1], e[2]) for e in self._entries if e[0] == "steps")
-
-    @property
-    def events(self) -> tuple[tuple[str, dp_accounting.DpEvent], ...]:
-        """Extra events recorded with :meth:`record_event`, as ``(label, event)``."""
-        return tuple((e[1], e[2]) for e in self._entries if e[0] == "event")
-
-    # -- events and epsilon
-    def _entry_event(self, entry: list[Any]) -> dp_accounting.DpEvent:
-        if entry[0] == "steps":
-            return _phase_event(entry[1], entry[2], self._q)
-        return entry[2]
-
-    def _event_of(self, entries: Sequence[list[Any]]) -> dp_accounting.DpEvent | None:
-        if not entries:
-            return None
-        return _compose([self._entry_event(e) for e in entries])
-
-    def dp_event(self) -> dp_accounting.DpEvent:
-        """Everything recorded so far as one ``dp_accounting`` event (for experts).
-
-        Returns ``NoOpDpEvent()`` before anything is recorded. The layout is
-        that of :func:`dp_sgd_event` (extra events in their place), so
-        ``compute_epsilon(*zip(*tracker.phases), ...)`` equals
-        :meth:`epsilon_spent` when no extra event was recorded.
-        """
-        return self._event_of(self._entries) or dp_accounting.NoOpDpEvent()
-
-    def _eps_of(self, event: dp_accounting.DpEvent) -> float:
-        return _epsilon_of_event(event, self._delta, self._accountant)
-
-    def epsilon_spent(self) -> float:
-        """Epsilon spent so far (0.0 before any step), cached until the next change."""
-        if self._eps is None:
-            self._eps = self._eps_of(self.dp_event()) if self._entries else 0.0
-        return self._eps
-
-    def _same_phase(self, sigma: float) -> bool:
-        return (
-            bool(self._entries)
-            and self._entries[-1][0] == "steps"
-            and self._entries[-1][1] == sigma
-        )
-
-    def _check(self, sigma: float) -> float | None:
-        """None if one more step at sigma fits the budget, else the epsilon it would reach."""
-        if self._target == math.inf:
-            return None
-        if self._same_phase(sigma):
-            if self._phase_limit is None:
-                prior = self._entries[:-1]
-                self._phase_limit = _largest_steps(
-                    lambda t: self._eps_of(self._event_of([*prior, ["steps", sigma, t]])),
-                    self._target,
-                )
-            count = self._entries[-1][2]
-            if count + 1 <= self._phase_limit:
-                return None
-            entries = [*self._entries[:-1], ["steps", sigma, count + 1]]
-        else:
-            entries = [*self._entries, ["steps", sigma, 1]]
-        eps = self._eps_of(self._event_of(entries))
-        return None if eps <= self._target else eps
-
-    def can_step(self, noise_multiplier: float) -> bool:
-        """Whether one more step at `noise_multiplier` keeps epsilon within the target."""
-        return self._check(check_noise_multiplier(noise_multiplier)) is None
-
-    def record_step(self, noise_multiplier: float) -> None:
-        """Records one DP-SGD step, or refuses it if it would exceed the budget.
-
-        Args:
-          noise_multiplier: the sigma used by this step.
-
-        Raises:
-          ValueError: if `noise_multiplier` is not a positive number.
-          BudgetExceededError: if the step would take epsilon above the target;
-            nothing is recorded then, and the step must not be released.
-        """
-        sigma = check_noise_multiplier(noise_multiplier)
-        would = self._check(sigma)
-        if would is not None:
-            raise BudgetExceededError(
-                f"privacy budget exhausted: step {self.steps + 1} at noise_multiplier={sigma:g} "
-                f"would reach epsilon={would:.6g} > target_epsilon={self._target:g} "
-                f"(delta={self._delta:g}, accountant={self._accountant!r}); the step was not "
-                f"recorded and must not be released."
-            )
-        if self._same_phase(sigma):
-            self._entries[-1][2] += 1
-        else:
-            self._entries.append(["steps", sigma, 1])
-            self._phase_limit = None
-        self._eps = None
-
-    def remaining_steps(self, noise_multiplier: float) -> int:
-        """How many more steps at `noise_multiplier` fit within the target (capped at 10**9)."""
-        sigma = check_noise_multiplier(noise_multiplier)
-        if self._target == math.inf:
-            return MAX_STEPS_CAP
-        if self._same_phase(sigma):
-            if self._phase_limit is None:
-                self._check(sigma)
-            if self._phase_limit is not None:
-                return max(self._phase_limit - self._entries[-1][2], 0)
-        return _largest_steps(
-            lambda t: self._eps_of(self._event_of([*self._entries, ["steps", sigma, t]])),
-            self._target,
-        )
-
-    def record_event(self, event: dp_accounting.DpEvent, label: str) -> None:
-        """Composes an extra mechanism (e.g. adaptive clipping) into the account.
-
-        Call it *before* running the mechanism.
-
-        Args:
-          event: the mechanism's ``dp_accounting.DpEvent`` (for the same
-            add/remove-one neighbouring relation).
-          label: a short description kept in the state dict.
-
-        Raises:
-          ValueError: if `event` is not a ``DpEvent`` or `label` not a string.
-          BudgetExceededError: if it would take epsilon above the target;
-            nothing is recorded then, and the mechanism must not be run.
-        """
-        if not isinstance(event, dp_accounting.DpEvent):
-            raise ValueError(f"event={event!r} must be a dp_accounting.DpEvent.")
-        if not isinstance(label, str):
-            raise ValueError(f"label={label!r} must be a string, e.g. label='adaptive clipping'.")
-        entries = [*self._entries, ["event", label, event]]
-        eps = None if self._target == math.inf else self._eps_of(self._event_of(entries))
-        if eps is not None and not eps <= self._target:
-            raise BudgetExceededError(
-                f"privacy budget exhausted: event {label!r} would reach epsilon={eps:.6g} > "
-                f"target_epsilon={self._target:g}; it was not recorded and must not be run."
-            )
-        self._entries = entries
-        self._phase_limit = None
-        self._eps = eps
-
-    # -- checkpointing
-    def state_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable snapshot; restore it with :meth:`from_state_dict`."""
-        entries = []
-        for e in self._entries:
-            if e[0] == "steps":
-                entries.append({"kind": "steps", "noise_multiplier": e[1], "steps": e[2]})
-            else:
-                entries.append({"kind": "event", "label": e[1], "event": _event_to_json(e[2])})
-        return {
-            "version": 1,
-            "target_epsilon": None if self._target == math.inf else self._target,  # strict JSON
-            "delta": self._delta,
-            "sampling_rate": self._q,
-            "accountant": self._accountant,
-            "dataset_size": self._dataset_size,
-            "entries": entries,
-        }
-
-    @classmethod
-    def from_state_dict(cls, state: dict[str, Any]) -> PrivacyTracker:
-        """Rebuilds a tracker from :meth:`state_dict`, resuming (never resetting) the account.
-
-        Raises:
-          ValueError: if `state` is malformed or holds invalid values.
-        """
-        if not isinstance(state, dict) or state.get("version") != 1:
-            raise ValueError(
-                "state must be a dict made by PrivacyTracker.state_dict() (version 1)."
-            )
-        try:
-            return cls._from_state(state)
-        except (KeyError, TypeError, AttributeError) as err:
-            raise ValueError(
-                f"state is not a valid PrivacyTracker.state_dict() ({type(err).__name__}: {err})."
-            ) from err
-
-    @classmethod
-    def _from_state(cls, state: dict[str, Any]) -> PrivacyTracker:
-        tracker = cls(
-            math.inf if state["target_epsilon"] is None else state["target_epsilon"],
-            state["delta"],
-            state["sampling_rate"],
-            accountant=state["accountant"],
-            dataset_size=state.get("dataset_size"),
-        )
-        for e in state["entries"]:
-            if e["kind"] == "steps":
-                sigma = check_noise_multiplier(e["noise_multiplier"])
-                tracker._entries.append(["steps", sigma, check_positive_int(e["steps"], "steps")])
-            elif e["kind"] == "event":
-                tracker._entries.append(["event", str(e["label"]), _event_from_json(e["event"])])
-            else:
-                raise ValueError(
-                    f"state entry kind {e['kind']!r} is unknown; expected 'steps' or 'event'."
-                )
-        tracker._eps = None
-        return tracker
-
-    def __repr__(self) -> str:
-        return (
-            f"PrivacyTracker(target_epsilon={self._target:g}, delta={self._delta:g}, "
-            f"sampling_rate={self._q:g}, accountant={self._accountant!r}, steps={self.steps})"
-        )
+def largest_count(eps: Callable[[int], float], target: float) -> int:
+    """The largest count T >= 0 with `eps(T) <= target` (eps non-decreasing in T), capped at 10**9."""
+    return _largest_steps(eps, target)

@@ -15,14 +15,15 @@ PyTree = Any
 
 def accumulate_clipped_grads(
     grads_fn: Callable[[PyTree, PyTree], PyTree], *, l2_norm: float, microbatch_size: int
-) -> Callable[[PyTree, PyTree, jax.Array], tuple[PyTree, _clipping.ClipStats]]:
+) -> Callable[[PyTree, PyTree, jax.Array], _clipping.ClippedSum]:
     """Sums clipped per-example gradients over microbatches with `jax.lax.scan`.
 
     The batch (leading axis `k * microbatch_size`) is cut into k microbatches;
     for each, per-example gradients are computed, clipped and summed, and the
     sums are accumulated. Only one microbatch of per-example gradients is in
-    memory at a time. Feed the result to :func:`dpjax.noisy_mean`, which adds
-    noise ONCE to the accumulated sum.
+    memory at a time. Feed the result, a :class:`dpjax.ClippedSum` of
+    sensitivity C, to :func:`dpjax.noisy_mean`, which adds noise ONCE to the
+    accumulated sum and reads C from it.
 
     Args:
       grads_fn: per-example gradient function, `grads_fn(params, batch)`, e.g.
@@ -32,7 +33,7 @@ def accumulate_clipped_grads(
         (:class:`dpjax.PoissonSampler` pads batches to one).
 
     Returns:
-      `fn(params, batch, mask) -> (clipped_sum, ClipStats)`, jittable; `mask` is
+      `fn(params, batch, mask) -> ClippedSum`, jittable; `mask` is
       boolean `(k * microbatch_size,)` and required (False for padded rows).
 
     Raises:
@@ -43,9 +44,9 @@ def accumulate_clipped_grads(
       >>> import jax, jax.numpy as jnp, dpjax
       >>> grads = dpjax.per_example_grads(lambda w, x: jnp.sum(w * x))
       >>> acc = dpjax.accumulate_clipped_grads(grads, l2_norm=1.0, microbatch_size=2)
-      >>> s, stats = jax.jit(acc)(jnp.zeros(3), jnp.ones((4, 3)), jnp.ones(4, bool))
-      >>> s.shape
-      (3,)
+      >>> clipped = jax.jit(acc)(jnp.zeros(3), jnp.ones((4, 3)), jnp.ones(4, bool))
+      >>> clipped.sum.shape, clipped.sensitivity
+      ((3,), 1.0)
 
     **Privacy:** the sum of clipped per-example gradients over all microbatches
     has sensitivity C, exactly as if the whole batch were clipped at once. Noise
@@ -58,7 +59,7 @@ def accumulate_clipped_grads(
     c = _validation.check_clip_norm(l2_norm)
     m = _validation.check_positive_int(microbatch_size, "microbatch_size", "64")
 
-    def fn(params: PyTree, batch: PyTree, mask: jax.Array) -> tuple[PyTree, _clipping.ClipStats]:
+    def fn(params: PyTree, batch: PyTree, mask: jax.Array) -> _clipping.ClippedSum:
         b = _per_example.batch_size(batch)
         if b % m:
             raise ValueError(
@@ -74,8 +75,8 @@ def accumulate_clipped_grads(
 
         def body(acc, xs):
             micro, micro_mask = xs
-            summed, stats = _clipping.clip_and_sum_unchecked(grads_fn(params, micro), c, micro_mask)
-            return jax.tree.map(jnp.add, acc, (summed, stats)), None
+            clipped = _clipping.clip_and_sum_unchecked(grads_fn(params, micro), c, micro_mask)
+            return jax.tree.map(jnp.add, acc, clipped), None
 
         one = jax.tree.map(lambda x: x[0], split)
         zeros = jax.tree.map(
@@ -84,7 +85,7 @@ def accumulate_clipped_grads(
                 lambda: _clipping.clip_and_sum_unchecked(grads_fn(params, one[0]), c, one[1])
             ),
         )
-        (summed, stats), _ = jax.lax.scan(body, zeros, split)
-        return summed, stats
+        clipped, _ = jax.lax.scan(body, zeros, split)
+        return clipped
 
     return fn

@@ -1,17 +1,18 @@
-"""DP-SGD aggregation built from the parts: clip -> noise -> normalize (device side)."""
+"""The noisy mean and DP-SGD, composed from the stages: clip -> noise -> normalize (device side)."""
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import optax
 
 from dpjax import _clipping, _noise, _validation
+from dpjax._clipping import NotPrivateWarning
 
-
-class NotPrivateWarning(UserWarning):
-    """Emitted whenever a NOT PRIVATE code path is built."""
+PyTree = Any
 
 
 def scale_by_expected_batch_size(expected_batch_size: float) -> optax.GradientTransformation:
@@ -42,39 +43,42 @@ def scale_by_expected_batch_size(expected_batch_size: float) -> optax.GradientTr
 
 
 def noisy_mean(
-    l2_norm: float, noise_multiplier: float, expected_batch_size: float, key: jax.Array
+    noise_multiplier: float, expected_batch_size: float, key: jax.Array
 ) -> optax.GradientTransformation:
-    """Privatizes a clipped SUM: adds N(0, (sigma*C)^2) noise, divides by the expected size.
+    """Privatizes a :class:`dpjax.ClippedSum`: Gaussian noise on the sum, then the expected-size mean.
 
-    Use it after :func:`clip_per_example`, or after
-    :func:`accumulate_clipped_grads` when a logical batch is split into
-    microbatches: noise is then added once, to the accumulated sum.
+    Adds N(0, (sigma * sensitivity)^2) to every coordinate of the sum, reading
+    the sensitivity from the clipped sum itself, and divides by the expected
+    batch size. Use it after any clipper: :func:`clip_per_example`,
+    :func:`accumulate_clipped_grads` (noise is then added once, to the
+    accumulated sum) or :func:`dpjax.ghost.ghost_clipped_grads`.
 
     Args:
-      l2_norm: the clip norm C used to clip the sum.
-      noise_multiplier: sigma; the noise std is `sigma * C`.
+      noise_multiplier: sigma; the noise std is `sigma * sensitivity`.
       expected_batch_size: `q * N`.
-      key: PRNG key reserved for the noise.
+      key: PRNG key reserved for the noise (:func:`dpjax.secret_key`).
 
     Returns:
-      `optax.chain(add_gaussian_noise(sigma*C, key), scale_by_expected_batch_size(n))`.
+      `optax.chain(gaussian_mechanism(sigma, key), scale_by_expected_batch_size(n))`.
 
     Raises:
-      ValueError: for a non-positive or non-finite C, sigma or batch size, or a bad key.
+      ValueError: for a non-positive or non-finite sigma or batch size, or a bad
+        key; at trace time, if the input is not a :class:`dpjax.ClippedSum` of
+        finite sensitivity.
 
     Example:
       >>> import jax, jax.numpy as jnp, dpjax
-      >>> tx = dpjax.noisy_mean(1.0, 1.1, 256, key=jax.random.key(0))
-      >>> update, _ = tx.update(jnp.zeros(3), tx.init(None))
+      >>> tx = dpjax.noisy_mean(1.1, 256, key=jax.random.key(0))
+      >>> clipped = dpjax.clip_and_sum(jnp.ones((2, 3)), 1.0, mask=jnp.ones(2, bool))
+      >>> update, _ = tx.update(clipped, tx.init(None))
+      >>> update.shape
+      (3,)
 
-    **Privacy:** the input must have L2 sensitivity C (a sum of per-example
-    gradients clipped to C). The result is the Gaussian mechanism with noise
-    multiplier sigma; the accountant must be told sigma, q and the step count.
+    **Privacy:** the Gaussian mechanism with noise multiplier sigma on a sum of
+    sensitivity C; the accountant must be told sigma, q and the step count.
     """
-    c = _validation.check_clip_norm(l2_norm)
-    sigma = _validation.check_noise_multiplier(noise_multiplier)
     return optax.chain(
-        _noise.add_gaussian_noise(sigma * c, key),
+        _noise.gaussian_mechanism(noise_multiplier, key),
         scale_by_expected_batch_size(expected_batch_size),
     )
 
@@ -91,8 +95,8 @@ def dp_aggregate(
       key: PRNG key reserved for the noise.
 
     Returns:
-      `optax.chain(clip_per_example(C), noisy_mean(C, sigma, n, key))`; its update
-      takes per-example gradients and the keyword `mask`.
+      `optax.chain(clip_per_example(C), noisy_mean(sigma, n, key))`; its update
+      takes per-example gradients and the keyword `mask` (required).
 
     Raises:
       ValueError: for invalid arguments (see the parts).
@@ -111,7 +115,7 @@ def dp_aggregate(
     """
     return optax.chain(
         _clipping.clip_per_example(l2_norm),
-        noisy_mean(l2_norm, noise_multiplier, expected_batch_size, key),
+        noisy_mean(noise_multiplier, expected_batch_size, key),
     )
 
 
@@ -161,18 +165,67 @@ def dp_sgd(
     return optax.chain(dp_aggregate(l2_norm, noise_multiplier, expected_batch_size, key), optimizer)
 
 
+def non_private_mean(expected_batch_size: float) -> optax.GradientTransformation:
+    """NOT PRIVATE: the mean of a :class:`dpjax.ClippedSum` of any sensitivity, without noise.
+
+    The counterpart of :func:`noisy_mean` for the explicit NOT PRIVATE baseline
+    (e.g. after :func:`dpjax.not_private_sum`).
+
+    Args:
+      expected_batch_size: the divisor.
+
+    Returns:
+      An `optax.GradientTransformation` (stateless) taking a ClippedSum.
+
+    Raises:
+      ValueError: if `expected_batch_size` is not positive.
+
+    Warns:
+      NotPrivateWarning: always, when built.
+
+    Example:
+      >>> import warnings, jax.numpy as jnp, dpjax
+      >>> with warnings.catch_warnings():
+      ...     warnings.simplefilter("ignore", dpjax.NotPrivateWarning)
+      ...     tx = dpjax.non_private_mean(2)
+      >>> clipped = dpjax.clip_and_sum(jnp.ones((2, 1)), 5.0, mask=jnp.ones(2, bool))
+      >>> float(tx.update(clipped, tx.init(None))[0][0])
+      1.0
+
+    **Privacy:** NONE.
+    """
+    warnings.warn(
+        "NOT PRIVATE: non_private_mean adds no noise; the result has no differential-privacy "
+        "guarantee.",
+        NotPrivateWarning,
+        stacklevel=2,
+    )
+    scale = scale_by_expected_batch_size(expected_batch_size)
+
+    def update_fn(updates, state, params=None):
+        del params
+        if not isinstance(updates, _clipping.ClippedSum):
+            raise ValueError(
+                "non_private_mean expects a dpjax.ClippedSum (from a clipper or "
+                f"dpjax.not_private_sum), got {type(updates).__name__}."
+            )
+        return scale.update(updates.sum, state)[0], state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
 def non_private_aggregate(expected_batch_size: float) -> optax.GradientTransformationExtraArgs:
     """NOT PRIVATE: plain mean of per-example gradients (no clipping, no noise).
 
     The explicit, loudly named baseline for comparisons. It keeps the interface of
-    :func:`dp_aggregate` (per-example gradients in, `mask` honoured) so that a
-    private and a non-private run differ only in this one line.
+    :func:`dp_aggregate` (per-example gradients and `mask` in) so that a private
+    and a non-private run differ only in this one line.
 
     Args:
       expected_batch_size: the divisor (the padded rows are masked out).
 
     Returns:
-      An `optax.GradientTransformationExtraArgs`.
+      `optax.chain(not_private_sum(), non_private_mean(n))`.
 
     Raises:
       ValueError: if `expected_batch_size` is not positive.
@@ -191,21 +244,63 @@ def non_private_aggregate(expected_batch_size: float) -> optax.GradientTransform
 
     **Privacy:** NONE. Nothing bounds an example's influence.
     """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotPrivateWarning)  # one warning, below
+        parts = (_clipping.not_private_sum(), non_private_mean(expected_batch_size))
     warnings.warn(
         "NOT PRIVATE: non_private_aggregate adds no noise and does not clip; the result has no "
         "differential-privacy guarantee.",
         NotPrivateWarning,
         stacklevel=2,
     )
-    scale = scale_by_expected_batch_size(expected_batch_size)
+    return optax.chain(*parts)
 
-    def init_fn(params):
-        del params
-        return optax.EmptyState()
 
-    def update_fn(updates, state, params=None, *, mask=None, **extra_args):
-        del params, extra_args
-        summed, _ = _clipping.clip_and_sum_unchecked(updates, float("inf"), mask)
-        return scale.update(summed, state)[0], state
+def private_update(
+    clipper: Callable[[PyTree, PyTree, jax.Array], _clipping.ClippedSum],
+    tx: optax.GradientTransformation,
+) -> Callable[[PyTree, Any, PyTree, jax.Array], tuple[PyTree, Any]]:
+    """One DP-SGD update from a clipper and a transformation: the step every dpjax loop runs.
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    `clipper(params, batch, mask)` returns a :class:`dpjax.ClippedSum`
+    (:func:`accumulate_clipped_grads` for any model,
+    :func:`dpjax.ghost.ghost_clipped_grads` for models built from ghost layers),
+    and `tx` privatizes it and steps the optimizer, e.g.
+    `optax.chain(dpjax.noisy_mean(sigma, n, key), optax.adam(1e-3))`. The
+    sensitivity travels from the clipper to the noise inside the ClippedSum.
+
+    Args:
+      clipper: `(params, batch, mask) -> ClippedSum`.
+      tx: a transformation that takes a ClippedSum (starting with
+        :func:`noisy_mean`, or :func:`non_private_mean` for the NOT PRIVATE
+        baseline).
+
+    Returns:
+      `update(params, opt_state, batch, mask) -> (params, opt_state)`, pure and
+      jittable.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax, dpjax
+      >>> loss = lambda w, ex: jnp.sum((ex @ w) ** 2)
+      >>> clipper = dpjax.accumulate_clipped_grads(
+      ...     dpjax.per_example_grads(loss), l2_norm=1.0, microbatch_size=4)
+      >>> tx = optax.chain(dpjax.noisy_mean(1.0, 4, key=jax.random.key(0)), optax.sgd(0.1))
+      >>> update = jax.jit(dpjax.private_update(clipper, tx))
+      >>> w = jnp.ones(3)
+      >>> w, state = update(w, tx.init(w), jnp.ones((4, 3)), jnp.ones(4, bool))
+
+    **Privacy:** one step is the sampled Gaussian mechanism when the batch is
+    Poisson-sampled (:class:`dpjax.PoissonSampler`) and `tx` starts with
+    :func:`noisy_mean`; record it with the tracker
+    (`tracker.record(dpjax.PoissonGaussianSteps(sigma, q))`) before releasing
+    the new parameters.
+    """
+
+    def update(
+        params: PyTree, opt_state: Any, batch: PyTree, mask: jax.Array
+    ) -> tuple[PyTree, Any]:
+        clipped: Any = clipper(params, batch, mask)  # optax types updates as plain pytrees
+        updates, opt_state = tx.update(clipped, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    return update

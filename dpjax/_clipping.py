@@ -1,8 +1,18 @@
-"""Per-example clipping and summation (device side, jittable)."""
+"""Per-example clipping: every example's contribution bounded by C, summed (device side, jittable).
+
+Every way dpjax forms a clipped sum (this module's `vmap` path, microbatch
+accumulation, ghost clipping in :mod:`dpjax.ghost`) computes its clip weights
+with ONE function, :func:`clip_weights`, and returns a :class:`ClippedSum`: the
+sum together with its L2 sensitivity. The noise stage reads the sensitivity
+from there, so the clip norm is given once.
+"""
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import dataclasses
+import warnings
+from collections.abc import Callable
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +21,10 @@ import optax
 from dpjax import _per_example, _validation
 
 PyTree = Any
+
+
+class NotPrivateWarning(UserWarning):
+    """Emitted whenever a NOT PRIVATE code path is built."""
 
 
 class ClipStats(NamedTuple):
@@ -28,6 +42,81 @@ class ClipStats(NamedTuple):
 
     num_nonfinite: jax.Array
     num_clipped: jax.Array
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class ClippedSum:
+    """A sum of per-example contributions, and the L2 sensitivity that bounds them.
+
+    Every clipper returns one (:func:`clip_and_sum`, :func:`clip_per_example`,
+    :func:`accumulate_clipped_grads`, :func:`dpjax.ghost.ghost_clipped_grads`),
+    and the noise stage (:func:`dpjax.gaussian_mechanism`,
+    :func:`dpjax.noisy_mean`) reads `sensitivity` from it: the clip norm is
+    given once, to the clipper, and cannot be given again to the noise.
+
+    It is a pytree whose leaves are `sum` and `stats`; `sensitivity` is static
+    (a Python float), so it survives `jax.jit` and `optax.chain` unchanged.
+
+    Attributes:
+      sum: the clipped sum, with the structure of one example's gradient, in at
+        least float32.
+      stats: :class:`ClipStats` of this sum (diagnostics, NOT private).
+      sensitivity: the L2 sensitivity of `sum` under adding or removing one
+        example (C for per-example clipping at C); `inf` only for the NOT
+        PRIVATE sum of :func:`dpjax.non_private_aggregate`.
+
+    Example:
+      >>> import jax.numpy as jnp, dpjax
+      >>> clipped = dpjax.clip_and_sum(jnp.ones((3, 4)), 0.5, mask=jnp.ones(3, bool))
+      >>> clipped.sensitivity
+      0.5
+
+    **Privacy:** the noise of the Gaussian mechanism must have std
+    `noise_multiplier * sensitivity`; reading it from here makes a mismatch
+    between the clip norm and the noise impossible.
+    """
+
+    sum: PyTree
+    stats: ClipStats
+    sensitivity: float = dataclasses.field(metadata={"static": True})
+
+
+def clip_weights(
+    norms: jax.Array, l2_norm: float, mask: jax.Array
+) -> tuple[jax.Array, jax.Array, ClipStats]:
+    """The clip weight of every example: THE rule every clipped sum in dpjax uses.
+
+    Row i gets `min(1, l2_norm / norms[i])` if it is real (`mask[i]`) and its
+    norm is finite, else exactly 0. Device side, jittable.
+
+    Args:
+      norms: `(B,)` per-example L2 norms (NaN/inf allowed).
+      l2_norm: the clip norm C (already validated, or `inf` for NOT PRIVATE sums).
+      mask: boolean `(B,)`, False for padded rows.
+
+    Returns:
+      `(weights, keep, stats)`: float32 weights `(B,)`, the boolean rows that
+      contribute, and the :class:`ClipStats`.
+
+    Example:
+      >>> import jax.numpy as jnp, dpjax
+      >>> w, keep, _ = dpjax.clip_weights(jnp.array([2.0, 0.5, jnp.nan]), 1.0, jnp.ones(3, bool))
+      >>> [round(float(v), 2) for v in w]
+      [0.5, 1.0, 0.0]
+
+    **Privacy:** a row with weight w and norm n contributes w * n <= C; padded
+    and non-finite rows contribute 0 and must be selected out with `keep` (not
+    multiplied by 0: NaN * 0 is NaN).
+    """
+    keep = jnp.isfinite(norms) & mask
+    safe = jnp.where(keep, norms, 1.0)
+    weights = jnp.where(keep, jnp.minimum(1.0, l2_norm / jnp.maximum(safe, 1e-30)), 0.0)
+    stats = ClipStats(
+        num_nonfinite=jnp.sum(mask & ~jnp.isfinite(norms)).astype(jnp.int32),
+        num_clipped=jnp.sum(keep & (norms > l2_norm)).astype(jnp.int32),
+    )
+    return weights.astype(jnp.float32), keep, stats
 
 
 def per_example_global_norms(grads: PyTree) -> jax.Array:
@@ -54,9 +143,7 @@ def per_example_global_norms(grads: PyTree) -> jax.Array:
     return jnp.sqrt(sum(sq(g) for g in jax.tree.leaves(grads)))
 
 
-def clip_and_sum(
-    grads: PyTree, l2_norm: float, mask: jax.typing.ArrayLike
-) -> tuple[PyTree, ClipStats]:
+def clip_and_sum(grads: PyTree, l2_norm: float, mask: jax.typing.ArrayLike) -> ClippedSum:
     """Clips each example's gradient to L2 norm <= `l2_norm` and sums over examples.
 
     Row i is scaled by `min(1, l2_norm / ||g_i||)`. Rows with `mask[i] == False`
@@ -73,8 +160,8 @@ def clip_and_sum(
         `jnp.ones(B, bool)` when no row is padded.
 
     Returns:
-      `(summed, stats)`: the sum with the structure of one example's gradient,
-      and :class:`ClipStats`.
+      A :class:`ClippedSum` with sensitivity `l2_norm`: the sum (structure of
+      one example's gradient) and its :class:`ClipStats`.
 
     Raises:
       ValueError: if `l2_norm` is invalid; at trace time, if leading axes
@@ -83,8 +170,8 @@ def clip_and_sum(
     Example:
       >>> import jax.numpy as jnp, dpjax
       >>> g = jnp.array([[3.0, 4.0], [jnp.nan, 0.0]])
-      >>> s, stats = dpjax.clip_and_sum(g, 1.0, mask=jnp.ones(2, bool))
-      >>> [round(float(v), 2) for v in s], int(stats.num_nonfinite)
+      >>> clipped = dpjax.clip_and_sum(g, 1.0, mask=jnp.ones(2, bool))
+      >>> [round(float(v), 2) for v in clipped.sum], int(clipped.stats.num_nonfinite)
       ([0.6, 0.8], 1)
 
     **Privacy:** adding, removing or replacing one example changes `summed` by
@@ -96,14 +183,11 @@ def clip_and_sum(
 
 def clip_and_sum_unchecked(
     grads: PyTree, l2_norm: float, mask: jax.typing.ArrayLike | None
-) -> tuple[PyTree, ClipStats]:
+) -> ClippedSum:
     """:func:`clip_and_sum` without validating `l2_norm` (inf allowed: NOT PRIVATE callers)."""
     b = _per_example.batch_size(grads)
     real = _validation.check_mask(mask, b, jax.tree.map(jnp.shape, grads))
-    norms = per_example_global_norms(grads)
-    keep = jnp.isfinite(norms) & real
-    safe_norms = jnp.where(keep, norms, 1.0)
-    scale = jnp.where(keep, jnp.minimum(1.0, l2_norm / jnp.maximum(safe_norms, 1e-30)), 0.0)
+    scale, keep, stats = clip_weights(per_example_global_norms(grads), l2_norm, real)
 
     def clip_sum(g: jax.Array) -> jax.Array:
         acc = jnp.promote_types(g.dtype, jnp.float32)
@@ -112,20 +196,19 @@ def clip_and_sum_unchecked(
         # example's contribution above C, and noise must be drawn in float32 too.
         return jnp.tensordot(scale.astype(acc), kept, axes=1)
 
-    stats = ClipStats(
-        num_nonfinite=jnp.sum(real & ~jnp.isfinite(norms)).astype(jnp.int32),
-        num_clipped=jnp.sum(keep & (norms > l2_norm)).astype(jnp.int32),
-    )
-    return jax.tree.map(clip_sum, grads), stats
+    return ClippedSum(jax.tree.map(clip_sum, grads), stats, l2_norm)
 
 
 def clip_per_example(l2_norm: float) -> optax.GradientTransformationExtraArgs:
     """Clips per-example gradients to global L2 norm <= `l2_norm` and sums them.
 
     Input updates are per-example gradients with a leading batch axis (e.g. from
-    :func:`dpjax.per_example_grads`); the output is their clipped SUM, with the
-    structure of one example's gradient. Put it first in an `optax.chain`,
-    followed by :func:`dpjax.noisy_mean` (or use :func:`dpjax.dp_sgd`).
+    :func:`dpjax.per_example_grads`); the output is their clipped SUM as a
+    :class:`ClippedSum` (sensitivity C). Put it first in an `optax.chain`,
+    followed by :func:`dpjax.noisy_mean`, which reads C from it (or use
+    :func:`dpjax.dp_sgd`). A :class:`ClippedSum` cannot be applied to the
+    parameters (`optax.apply_updates` refuses its structure): the noise cannot
+    be left out by accident.
 
     Args:
       l2_norm: the clip norm C, finite and > 0.
@@ -144,9 +227,9 @@ def clip_per_example(l2_norm: float) -> optax.GradientTransformationExtraArgs:
       >>> import jax.numpy as jnp, dpjax
       >>> tx = dpjax.clip_per_example(1.0)
       >>> g = {"w": jnp.array([[3.0, 4.0], [0.3, 0.4]])}
-      >>> s, _ = tx.update(g, tx.init(None), mask=jnp.array([True, True]))
-      >>> [round(float(v), 2) for v in s["w"]]
-      [0.9, 1.2]
+      >>> clipped, _ = tx.update(g, tx.init(None), mask=jnp.array([True, True]))
+      >>> [round(float(v), 2) for v in clipped.sum["w"]], clipped.sensitivity
+      ([0.9, 1.2], 1.0)
 
     **Privacy:** each real example contributes a vector of norm <= C; padded and
     non-finite rows contribute exactly zero. The L2 sensitivity of the output is
@@ -164,6 +247,107 @@ def clip_per_example(l2_norm: float) -> optax.GradientTransformationExtraArgs:
 
     def update_fn(updates, state, params=None, *, mask=None, **extra_args):
         del state, params, extra_args
-        return clip_and_sum_unchecked(updates, c, mask)
+        clipped = clip_and_sum_unchecked(updates, c, mask)
+        return clipped, clipped.stats
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    # The output is a ClippedSum, not the optimizer-ready pytree optax's type names.
+    return optax.GradientTransformationExtraArgs(
+        init_fn, cast(optax.TransformUpdateExtraArgsFn, update_fn)
+    )
+
+
+def not_private_sum() -> optax.GradientTransformationExtraArgs:
+    """NOT PRIVATE: sums per-example gradients without clipping (sensitivity inf).
+
+    The clipper of the explicit NOT PRIVATE baseline: same interface as
+    :func:`clip_per_example` (per-example gradients and `mask` in, a
+    :class:`ClippedSum` out), but its sensitivity is `inf`, which
+    :func:`dpjax.noisy_mean` refuses; only
+    :func:`dpjax.non_private_mean` accepts it.
+
+    Returns:
+      An `optax.GradientTransformationExtraArgs` with :class:`ClipStats` state.
+
+    Warns:
+      NotPrivateWarning: always, when built.
+
+    Example:
+      >>> import warnings, jax.numpy as jnp, dpjax
+      >>> with warnings.catch_warnings():
+      ...     warnings.simplefilter("ignore", dpjax.NotPrivateWarning)
+      ...     tx = dpjax.not_private_sum()
+      >>> tx.update(jnp.ones((2, 3)), tx.init(None), mask=jnp.ones(2, bool))[0].sensitivity
+      inf
+
+    **Privacy:** NONE. Nothing bounds an example's influence.
+    """
+    warnings.warn(
+        "NOT PRIVATE: not_private_sum does not clip; the sum has no bounded sensitivity.",
+        NotPrivateWarning,
+        stacklevel=2,
+    )
+
+    def init_fn(params: PyTree) -> ClipStats:
+        del params
+        return ClipStats(jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+
+    def update_fn(updates, state, params=None, *, mask=None, **extra_args):
+        del state, params, extra_args
+        summed = clip_and_sum_unchecked(updates, float("inf"), mask)
+        return summed, summed.stats
+
+    # The output is a ClippedSum, not the optimizer-ready pytree optax's type names.
+    return optax.GradientTransformationExtraArgs(
+        init_fn, cast(optax.TransformUpdateExtraArgsFn, update_fn)
+    )
+
+
+def not_private_grads(
+    losses_fn: Callable[[PyTree, PyTree], jax.Array],
+) -> Callable[[PyTree, PyTree, jax.Array], ClippedSum]:
+    """NOT PRIVATE: the gradient of the summed losses of the real rows (sensitivity inf).
+
+    The clipper of the explicit NOT PRIVATE baseline in clipper form (like
+    :func:`accumulate_clipped_grads` and :func:`dpjax.ghost.ghost_clipped_grads`):
+    one ordinary backward pass, padded rows masked out, no clipping.
+
+    Args:
+      losses_fn: `(params, batch) -> (B,)` per-example losses.
+
+    Returns:
+      `fn(params, batch, mask) -> ClippedSum` with sensitivity `inf`, which only
+      :func:`dpjax.non_private_mean` accepts.
+
+    Warns:
+      NotPrivateWarning: always, when built.
+
+    Example:
+      >>> import warnings, jax.numpy as jnp, dpjax
+      >>> with warnings.catch_warnings():
+      ...     warnings.simplefilter("ignore", dpjax.NotPrivateWarning)
+      ...     grads = dpjax.not_private_grads(lambda w, x: x @ w)
+      >>> grads(jnp.zeros(2), jnp.ones((3, 2)), jnp.array([True, True, False])).sum
+      Array([2., 2.], dtype=float32)
+
+    **Privacy:** NONE.
+    """
+    warnings.warn(
+        "NOT PRIVATE: not_private_grads does not clip; the sum has no bounded sensitivity.",
+        NotPrivateWarning,
+        stacklevel=2,
+    )
+
+    def fn(params: PyTree, batch: PyTree, mask: jax.Array) -> ClippedSum:
+        b = _per_example.batch_size(batch)
+        real = _validation.check_mask(mask, b, jax.tree.map(jnp.shape, batch))
+
+        def total(p: PyTree) -> jax.Array:
+            return jnp.sum(jnp.where(real, losses_fn(p, batch), 0.0))
+
+        grads = jax.tree.map(
+            lambda g: g.astype(jnp.promote_types(g.dtype, jnp.float32)), jax.grad(total)(params)
+        )
+        zero = jnp.zeros((), jnp.int32)
+        return ClippedSum(grads, ClipStats(zero, zero), float("inf"))
+
+    return fn

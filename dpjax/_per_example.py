@@ -73,8 +73,8 @@ def batch_size(tree: PyTree) -> int:
         axes differ; the message lists the shapes seen.
     """
     leaves = jax.tree.leaves(tree)
-    sizes = {leaf.shape[0] if getattr(leaf, "ndim", 0) > 0 else None for leaf in leaves}
-    if not leaves or None in sizes or len(sizes) != 1:
+    sizes = {int(leaf.shape[0]) if getattr(leaf, "ndim", 0) > 0 else -1 for leaf in leaves}
+    if not leaves or -1 in sizes or len(sizes) != 1:
         raise ValueError(
             "expected every leaf to have the same leading batch axis (per-example values "
             f"stacked along axis 0); got shapes {jax.tree.map(lambda x: getattr(x, 'shape', ()), tree)}. "

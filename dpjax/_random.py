@@ -14,6 +14,7 @@ from __future__ import annotations
 import secrets
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from dpjax import _validation
@@ -71,7 +72,7 @@ def key_from_seed(seed: int) -> jax.Array:
     """
     seed = _validation.check_seed(seed)
     words = np.array([seed >> 32, seed & 0xFFFFFFFF], dtype=np.uint32)
-    return jax.random.wrap_key_data(words, impl=_KEY_IMPL)
+    return jax.random.wrap_key_data(jnp.asarray(words), impl=_KEY_IMPL)
 
 
 def secret_key() -> jax.Array:

@@ -130,6 +130,26 @@ def check_positive_int(value: int, name: str, example: str = "1") -> int:
     return int(value)
 
 
+MAX_STEPS = 10**9
+"""Most steps (or repeated releases) one accounting query may describe: the PLD and RDP
+computations grow with the count, and 10**9 already exceeds any real run."""
+
+
+def check_steps(value: int, name: str = "steps") -> int:
+    """Returns `value` as an int if it is an integer in [1, MAX_STEPS].
+
+    Raises:
+      ValueError: otherwise (a larger count would only exhaust memory in the accountant).
+    """
+    count = check_positive_int(value, name, "1000")
+    if count > MAX_STEPS:
+        raise ValueError(
+            f"{name}={value!r} exceeds {MAX_STEPS:.0e}, the most the accountant describes in one "
+            f"query (the computation grows with it, and no real run is that long); pass fewer."
+        )
+    return count
+
+
 def check_target_epsilon(epsilon: float, name: str = "target_epsilon") -> float:
     """Returns `epsilon` as a float if it is finite and > 0.
 
@@ -241,7 +261,7 @@ def check_input_shape(input_shape: object, name: str = "input_shape") -> tuple[i
         isinstance(input_shape, (tuple, list))
         and len(input_shape) == 3
         and all(
-            isinstance(d, numbers.Integral) and not isinstance(d, bool) and d >= 1
+            isinstance(d, numbers.Integral) and not isinstance(d, bool) and int(d) >= 1
             for d in input_shape
         )
     )

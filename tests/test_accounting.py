@@ -1,4 +1,4 @@
-"""Tests for dpjax._accounting: epsilon, calibration, step budgets and the tracker."""
+"""Tests for dpjax._accounting: epsilon, calibration, step budgets, limits (and the tracker)."""
 
 import json
 import math
@@ -11,9 +11,9 @@ from dp_accounting.rdp import RdpAccountant
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dpjax import _accounting
+from dpjax import BudgetExceededError, PrivacyTracker
 from dpjax._accounting import (
-    BudgetExceededError,
-    PrivacyTracker,
     calibrate_noise_multiplier,
     compute_epsilon,
     dp_sgd_event,
@@ -332,7 +332,7 @@ def test_from_state_dict_rejects_malformed_state():
     with pytest.raises(ValueError, match="state"):
         PrivacyTracker.from_state_dict({"version": 1})
     good = PrivacyTracker(1.0, DELTA, 0.01).state_dict()
-    bad = {**good, "entries": [{"kind": "event", "label": "x", "event": {"type": "os"}}]}
+    bad = {**good, "releases": [{"kind": "event", "label": "x", "event": {"type": "os"}}]}
     with pytest.raises(ValueError, match="unknown DpEvent"):
         PrivacyTracker.from_state_dict(bad)
 
@@ -355,3 +355,159 @@ def test_tracker_budget_exhausted_with_varying_sigma():
     assert tracker.steps == recorded
     assert tracker.epsilon_spent() <= 0.5
     assert math.isfinite(tracker.epsilon_spent())
+
+
+# ------------------------------------------------------------------ noise-tail term
+
+
+def test_noise_tail_delta_matches_a_hand_calculation():
+    # (1 + e^2) * 1000 steps * 2**40 coordinates * 2**-124 = 8389.056... * 2**-84.
+    assert _accounting.noise_tail_delta(1000, 2.0) == pytest.approx(4.33704035e-22, rel=1e-7)
+    assert _accounting.noise_tail_delta(1000, 2.0, num_coordinates=1) == pytest.approx(
+        4.33704035e-22 / 2**40, rel=1e-7
+    )
+    assert _accounting.noise_tail_delta(0, 5.0) == 0.0
+    assert _accounting.noise_tail_delta(1, 800.0) == math.inf
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"steps": -1, "epsilon": 1.0}, "steps"),
+        ({"steps": 10, "epsilon": math.nan}, "epsilon"),
+        ({"steps": 10, "epsilon": -1.0}, "epsilon"),
+        ({"steps": 10, "epsilon": 1.0, "num_coordinates": 0}, "num_coordinates"),
+    ],
+)
+def test_noise_tail_delta_refuses_invalid_arguments(kwargs, name):
+    with pytest.raises(ValueError, match=rf"\b{name}="):
+        _accounting.noise_tail_delta(**kwargs)
+
+
+def test_reported_epsilon_is_certified_with_the_tail_term_included(monkeypatch):
+    # Inflate the sampler's tail mass so that the term is visible (about delta / 10 here).
+    base = compute_epsilon(1.0, 1000, 0.01, DELTA)
+    monkeypatch.setattr(_accounting, "NOISE_TAIL_MASS", 1.5e-22)
+    _accounting._clear_cache()
+    eps = compute_epsilon(1.0, 1000, 0.01, DELTA)
+    tail = _accounting.noise_tail_delta(1000, eps)
+    assert 1e-7 < tail < DELTA and eps > base
+    acc = PLDAccountant(
+        value_discretization_interval=pld_value_discretization_interval(
+            dp_sgd_event(1.0, 1000, 0.01)
+        )
+    )
+    acc.compose(dp_sgd_event(1.0, 1000, 0.01))
+    assert acc.get_delta(eps) + tail <= DELTA  # (eps, DELTA) holds with the tail counted
+    assert eps == acc.get_epsilon(DELTA - tail)  # and eps is the accountant's at delta - tail
+    monkeypatch.undo()
+    _accounting._clear_cache()
+
+
+def test_epsilon_is_infinite_where_the_tail_term_alone_exceeds_delta():
+    # Exact-Gaussian accounting gives a finite (huge) epsilon; with the sampler's cut tail
+    # (1 + e^eps) * T * 2**40 * 2**-124 > delta for any eps above ~46, so none is certified.
+    exact = _direct(dp_sgd_event(0.3, 10, 1.0), "pld")
+    assert 47 < exact < math.inf
+    assert compute_epsilon(0.3, 10, 1.0, DELTA) == math.inf
+
+
+def test_calibration_refuses_targets_beyond_the_certifiable_epsilon():
+    with pytest.raises(ValueError, match=r"target_epsilon=60.0 is so large.*noise-tail term"):
+        calibrate_noise_multiplier(60.0, 0.01, 10, DELTA)
+
+
+# ------------------------------------------------- inputs that must fail clearly
+
+
+@pytest.mark.parametrize("accountant", ["pld", "rdp"])
+def test_vanishing_noise_multiplier_is_refused_instead_of_overflowing(accountant):
+    floor = "PLD_MIN_NOISE_MULTIPLIER" if accountant == "pld" else "RDP_MIN_NOISE_MULTIPLIER"
+    with pytest.raises(ValueError, match=rf"noise_multiplier=1e-300 is below {floor}"):
+        compute_epsilon(1e-300, 10, 0.01, DELTA, accountant=accountant)
+    with pytest.raises(ValueError, match=r"noise_multiplier=1e-300"):
+        max_steps(1e-300, 0.01, DELTA, 3.0, accountant=accountant)
+    with pytest.raises(ValueError, match=r"noise_multiplier=1e-300"):
+        PrivacyTracker(3.0, DELTA, 0.01, accountant=accountant).record_step(1e-300)
+
+
+@pytest.mark.parametrize("accountant, q", [("rdp", 0.01), ("pld", 1.0)])
+def test_huge_target_at_small_sigma_is_refused_instead_of_allocating(accountant, q):
+    # Before: the step search composed ever more steps (491 GiB requested).
+    with pytest.raises(ValueError, match=r"noise_multiplier=0.05 .*ONE step"):
+        max_steps(0.05, q, DELTA, target_epsilon=1e12, accountant=accountant)
+
+
+@pytest.mark.parametrize("accountant", ["pld", "rdp"])
+def test_more_steps_than_the_cap_are_refused(accountant):
+    with pytest.raises(ValueError, match=r"steps=100000000000000 exceeds MAX_STEPS_CAP"):
+        compute_epsilon(1.0, 10**14, 0.01, DELTA, accountant=accountant)
+
+
+def test_pld_beyond_its_memory_limit_is_refused_and_rdp_answers():
+    with pytest.raises(ValueError, match=r"steps=1000000000 at noise_multiplier=1.0.*'rdp'"):
+        compute_epsilon(1.0, 10**9, 1.0, DELTA)
+    with pytest.raises(ValueError, match=r"one step at noise_multiplier=0.3, sampling_rate=1e-06"):
+        compute_epsilon(0.3, 10, 1e-6, DELTA)
+    assert math.isfinite(compute_epsilon(0.3, 10, 1e-6, DELTA, accountant="rdp"))
+
+
+def test_max_steps_counts_the_prior_event_against_the_cap():
+    prior = dp_sgd_event(100.0, 10, 1e-6)
+    assert max_steps(100.0, 1e-6, DELTA, 1.0, accountant="rdp", prior_event=prior) == (
+        _accounting.MAX_STEPS_CAP - 10
+    )
+
+
+@pytest.mark.parametrize("accountant", ["pld", "rdp"])
+def test_calibration_with_a_large_delta_does_not_crash(accountant):
+    # delta = 0.4 makes sigma = 1 spend epsilon = 0, which used to reach math.log(0).
+    sigma = calibrate_noise_multiplier(3.0, 0.01, 1000, 0.4, accountant=accountant)
+    assert 2.97 <= compute_epsilon(sigma, 1000, 0.01, 0.4, accountant=accountant) <= 3.0
+
+
+def _state(**entry):
+    """A first-version state (`entries`), which the tracker still reads, with one entry."""
+    good = {**PrivacyTracker(3.0, DELTA, 0.01).state_dict(), "version": 1}
+    good.pop("releases")
+    return {**good, "entries": [entry]}
+
+
+_GAUSSIAN = {"type": "GaussianDpEvent", "noise_multiplier": 1.0}
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        {"version": True},
+        {**PrivacyTracker(3.0, DELTA, 0.01).state_dict(), "releases": None},
+        {**PrivacyTracker(3.0, DELTA, 0.01).state_dict(), "releases": [["steps", 1.0, 3]]},
+        {**PrivacyTracker(3.0, DELTA, 0.01).state_dict(), "releases": [[]]},
+        _state(kind="steps", noise_multiplier=1.0, steps=10**14),
+        _state(kind="steps", noise_multiplier=1e-300, steps=10),
+        _state(kind="event", label="x", event=None),  # used to load as an empty account
+        _state(kind="event", label="x", event=[]),
+        _state(kind="event", label=["x"], event=_GAUSSIAN),
+        _state(kind="event", label="x", event={**_GAUSSIAN, "noise_multiplier": "1.0"}),
+        _state(kind="event", label="x", event={**_GAUSSIAN, "noise_multiplier": -1.0}),
+        _state(kind="event", label="x", event={"type": "ComposedDpEvent", "events": [5]}),
+        _state(kind="event", label="x", event={"type": "UnsupportedDpEvent"}),
+        _state(
+            kind="event",
+            label="x",
+            event={"type": "SelfComposedDpEvent", "event": _GAUSSIAN, "count": 2.5},
+        ),
+        _state(
+            kind="event",
+            label="x",
+            event={
+                "type": "PoissonSampledDpEvent",
+                "sampling_probability": 2.0,
+                "event": _GAUSSIAN,
+            },
+        ),
+    ],
+)
+def test_malformed_states_raise_value_error_when_loaded(state):
+    with pytest.raises(ValueError, match=r"state|noise_multiplier=1e-300 is below"):
+        PrivacyTracker.from_state_dict(state)

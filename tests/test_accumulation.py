@@ -27,11 +27,13 @@ def test_k_microbatches_plus_one_noise_draw_equals_the_whole_batch_with_the_same
     whole = dpjax.dp_aggregate(c, sigma, n, key=jax.random.key(42))
     want, _ = jax.jit(whole.update)(grads(params, batch), whole.init(params), mask=mask)
     for m in (1, 3, 4, 12):
-        summed, stats = jax.jit(
-            dpjax.accumulate_clipped_grads(grads, l2_norm=c, microbatch_size=m)
-        )(params, batch, mask)
-        noise = dpjax.noisy_mean(c, sigma, n, key=jax.random.key(42))
-        got, _ = noise.update(summed, noise.init(params))
+        clipped = jax.jit(dpjax.accumulate_clipped_grads(grads, l2_norm=c, microbatch_size=m))(
+            params, batch, mask
+        )
+        assert clipped.sensitivity == c  # carried from the clipper: the noise reads it
+        noise = dpjax.noisy_mean(sigma, n, key=jax.random.key(42))
+        got, _ = noise.update(clipped, noise.init(params))
+        stats = clipped.stats
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
         assert int(stats.num_nonfinite) == 0
@@ -40,11 +42,12 @@ def test_k_microbatches_plus_one_noise_draw_equals_the_whole_batch_with_the_same
 def test_accumulated_sum_equals_clipping_the_whole_batch_at_once():
     params, batch, mask, grads = _setup()
     acc = jax.jit(dpjax.accumulate_clipped_grads(grads, l2_norm=0.5, microbatch_size=4))
-    summed, stats = acc(params, batch, mask)
-    want, want_stats = dpjax.clip_and_sum(grads(params, batch), 0.5, mask)
-    for a, b in zip(jax.tree.leaves(summed), jax.tree.leaves(want), strict=True):
+    got = acc(params, batch, mask)
+    want = dpjax.clip_and_sum(grads(params, batch), 0.5, mask)
+    for a, b in zip(jax.tree.leaves(got.sum), jax.tree.leaves(want.sum), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    assert int(stats.num_clipped) == int(want_stats.num_clipped)
+    assert int(got.stats.num_clipped) == int(want.stats.num_clipped)
+    assert got.sensitivity == want.sensitivity == 0.5
 
 
 def test_batch_not_a_multiple_of_microbatch_size_is_refused():

@@ -24,8 +24,8 @@ def _outputs(noise_multiplier):
     canary = np.zeros((1, 8), np.float32)
     canary[0, 0] = 100.0  # clipped to C along e_1
     d, d_prime = jnp.asarray(base), jnp.asarray(np.vstack([base, canary]))
-    sums = [dpjax.clip_and_sum(g, C, jnp.ones(len(g), bool))[0] for g in (d, d_prime)]
-    tx = dpjax.noisy_mean(C, noise_multiplier, 5, key=jax.random.key(0))
+    sums = [dpjax.clip_and_sum(g, C, jnp.ones(len(g), bool)) for g in (d, d_prime)]
+    tx = dpjax.noisy_mean(noise_multiplier, 5, key=jax.random.key(0))
     state = tx.init(None)
     keys = jax.random.split(jax.random.key(1), TRIALS)
 

@@ -23,7 +23,8 @@ def _all_real(grads):
 
 @functools.partial(jax.jit, static_argnums=1)
 def _clip_sum(grads, c, mask=None):
-    return dpjax.clip_and_sum(grads, c, _all_real(grads) if mask is None else mask)
+    clipped = dpjax.clip_and_sum(grads, c, _all_real(grads) if mask is None else mask)
+    return clipped.sum, clipped.stats
 
 
 _rows = hnp.arrays(
@@ -71,7 +72,7 @@ def test_replacing_one_example_moves_sum_by_at_most_2c(rows, replacement, c):
 @given(rows=_rows, c=_clip)
 def test_every_clipped_example_has_norm_at_most_c(rows, c):
     singles = jax.vmap(
-        lambda t: dpjax.clip_and_sum(jax.tree.map(lambda x: x[None], t), c, jnp.ones(1, bool))[0]
+        lambda t: dpjax.clip_and_sum(jax.tree.map(lambda x: x[None], t), c, jnp.ones(1, bool)).sum
     )(_tree(rows))
     norms = np.asarray(dpjax.per_example_global_norms(singles))
     assert np.all(norms <= c * (1 + rtol_for(np.float32)))
@@ -113,10 +114,10 @@ def test_nonfinite_rows_contribute_zero_and_are_counted(bad):
 def test_transformation_works_under_jit_and_in_chain():
     import optax
 
-    tx = optax.chain(dpjax.clip_per_example(1.0), optax.scale(0.5))
+    tx = optax.chain(dpjax.clip_per_example(1.0), dpjax.noisy_mean(1e-3, 2, jax.random.key(0)))
     g = {"w": jnp.array([[3.0, 4.0], [0.3, 0.4]])}
     out, state = jax.jit(tx.update)(g, tx.init({"w": jnp.zeros(2)}), mask=jnp.array([True, False]))
-    np.testing.assert_allclose(out["w"], [0.3, 0.4], rtol=1e-6)
+    np.testing.assert_allclose(out["w"], [0.3, 0.4], rtol=0, atol=0.01)
     assert int(state[0].num_clipped) == 1
 
 
@@ -158,7 +159,7 @@ _wide = hnp.arrays(
 def test_contributions_are_bounded_for_tiny_and_huge_gradients(rows, c):
     # Squares of elements below ~1e-19 underflow and above ~1e19 overflow in float32.
     singles = jax.vmap(
-        lambda t: dpjax.clip_and_sum(jax.tree.map(lambda x: x[None], t), c, jnp.ones(1, bool))[0]
+        lambda t: dpjax.clip_and_sum(jax.tree.map(lambda x: x[None], t), c, jnp.ones(1, bool)).sum
     )(_tree(rows))
     norms = np.array(
         [
@@ -172,7 +173,7 @@ def test_contributions_are_bounded_for_tiny_and_huge_gradients(rows, c):
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 def test_low_precision_gradients_stay_within_c_and_sum_in_float32(dtype):
     g = jax.random.normal(jax.random.key(0), (64, 300)).astype(dtype) * 5
-    singles = jax.vmap(lambda row: dpjax.clip_and_sum(row[None], 1.0, jnp.ones(1, bool))[0])(g)
+    singles = jax.vmap(lambda row: dpjax.clip_and_sum(row[None], 1.0, jnp.ones(1, bool)).sum)(g)
     assert singles.dtype == jnp.float32
     assert float(jnp.max(jnp.linalg.norm(singles, axis=1))) <= 1.0 + 1e-6
 

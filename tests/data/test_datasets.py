@@ -1,4 +1,4 @@
-"""Tests for dpjax._datasets: IDX parsing, Fashion-MNIST lookup, splits."""
+"""Tests for dpjax.data: IDX parsing, Fashion-MNIST lookup, splits."""
 
 import doctest
 import gzip
@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dpjax import _datasets
-from dpjax._datasets import DATASET_NAMES, Split, load_dataset, load_idx
+from dpjax.data import DATASET_NAMES, Split, _datasets, load_dataset, load_idx
 
 _CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int32): 0x0C, np.dtype(np.float32): 0x0D}
 _BIG_ENDIAN = {0x08: ">u1", 0x0C: ">i4", 0x0D: ">f4"}

@@ -21,7 +21,7 @@ import struct
 import tempfile
 import urllib.request
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -65,54 +65,107 @@ _IDX_DTYPES = {
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
 class Split:
-    """One part (train, validation or test) of a :class:`Dataset`.
+    """One part (train, validation or test) of a :class:`Dataset`: N inputs and N targets.
+
+    Any arrays with the examples on their first axis: images `(N, H, W, C)`,
+    feature vectors `(N, d)`, token sequences `(N, L)`; targets `(N,)` class
+    labels or `(N, ...)` regression targets. The loaders here give float32
+    images in [0, 1] and int32 labels.
 
     Attributes:
-      x: ``float32`` images of shape ``(N, H, W, C)`` with values in ``[0, 1]``
-        (raw pixel values divided by a fixed constant; not standardized).
-        Read-only: copy before editing in place.
-      y: ``int32`` labels of shape ``(N,)`` in ``[0, num_classes)``.
+      x: inputs, `(N, ...)`, of a float32 or integer dtype. Read-only: copy
+        before editing in place.
+      y: targets, `(N, ...)`, of an integer or float32 dtype.
+
+    Raises:
+      ValueError: if the first axes differ or a dtype is not one JAX keeps
+        (float64 would be silently cast to float32 with x64 off).
+
+    Example:
+      >>> import numpy as np
+      >>> from dpjax.data import Split
+      >>> split = Split.from_examples([(np.ones(3, np.float32), 1), (np.zeros(3, np.float32), 0)])
+      >>> len(split), split.x.shape, split.y.dtype
+      (2, (2, 3), dtype('int64'))
     """
 
     x: np.ndarray
     y: np.ndarray
 
     def __post_init__(self):
-        if self.x.ndim != 4 or self.y.ndim != 1 or self.x.shape[0] != self.y.shape[0]:
+        x, y = np.asarray(self.x), np.asarray(self.y)
+        if x.ndim < 1 or y.ndim < 1 or x.shape[0] != y.shape[0]:
             raise ValueError(
-                f"Split needs x of shape (N, H, W, C) and y of shape (N,); got x.shape="
-                f"{self.x.shape} and y.shape={self.y.shape}."
+                f"Split needs x and y with the examples on their first axis, (N, ...) each; got "
+                f"x.shape={x.shape} and y.shape={y.shape}."
             )
-        if self.x.dtype != np.float32 or self.y.dtype != np.int32:
-            raise ValueError(
-                f"Split needs float32 images and int32 labels; got x.dtype={self.x.dtype} and "
-                f"y.dtype={self.y.dtype}. Convert with x.astype(np.float32), y.astype(np.int32)."
-            )
-        for field in ("x", "y"):  # Read-only views; the caller's arrays stay writeable.
-            view = getattr(self, field).view()
+        for name, a, kinds in (("x", x, "fiu"), ("y", y, "fiub")):
+            if a.dtype.kind not in kinds or a.dtype == np.float64:
+                raise ValueError(
+                    f"Split needs {name} of float32 or an integer dtype; got {name}.dtype={a.dtype}. "
+                    f"Convert with {name}.astype(np.float32) (float64 would be cut to float32 "
+                    "silently by JAX)."
+                )
+        for field, a in (
+            ("x", x),
+            ("y", y),
+        ):  # Read-only views; the caller's arrays stay writeable.
+            view = a.view()
             view.flags.writeable = False
             object.__setattr__(self, field, view)
+
+    @classmethod
+    def from_examples(cls, examples: Iterable[tuple[Any, Any]]) -> Split:
+        """Stacks an iterable of `(input, target)` NumPy examples into a Split (host side).
+
+        Poisson sampling needs random access to every example, so an iterator
+        is read once, whole, into memory.
+
+        Args:
+          examples: `(x_i, y_i)` pairs of equal shapes.
+
+        Returns:
+          A :class:`Split`.
+
+        Raises:
+          ValueError: if there is no example or the shapes differ.
+        """
+        xs, ys = [], []
+        for x, y in examples:
+            xs.append(np.asarray(x))
+            ys.append(np.asarray(y))
+        if not xs:
+            raise ValueError("examples is empty; pass at least one (input, target) pair.")
+        try:
+            x, y = np.stack(xs), np.stack(ys)
+        except ValueError as err:
+            raise ValueError(f"examples have different shapes ({err}); pad them first.") from err
+        if x.dtype == np.float64:
+            x = x.astype(np.float32)
+        if y.dtype == np.float64:
+            y = y.astype(np.float32)
+        return cls(x=x, y=y)
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
     def __repr__(self) -> str:
-        return f"Split(x=float32{self.x.shape}, y=int32{self.y.shape})"
+        return f"Split(x={self.x.dtype}{self.x.shape}, y={self.y.dtype}{self.y.shape})"
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
-    """A labelled image classification data set split three ways.
+    """A data set split three ways (train for the private data, validation, test).
 
     Attributes:
-      name: One of :data:`DATASET_NAMES`.
+      name: a name for summaries, e.g. one of :data:`DATASET_NAMES`.
       train: The examples to train on (the private data set of size N).
-      validation: Held out from ``train`` for model selection; empty when
-        ``validation_size=0``.
+      validation: Held out from ``train`` for model selection; may be empty.
       test: Held out for the final report.
-      num_classes: Number of classes; labels lie in ``[0, num_classes)``.
-      input_shape: Shape ``(H, W, C)`` of one image.
-      synthetic: True only for generated data (``name == "synthetic"``).
+      num_classes: Number of classes for classification (labels in
+        ``[0, num_classes)``), None otherwise.
+      input_shape: Shape of one input (default: ``train.x.shape[1:]``).
+      synthetic: True only for generated data.
       source: Where the data came from: file paths, a package, or ``SYNTHETIC``.
     """
 
@@ -120,10 +173,14 @@ class Dataset:
     train: Split
     validation: Split
     test: Split
-    num_classes: int
-    input_shape: tuple[int, int, int]
-    synthetic: bool
-    source: str
+    num_classes: int | None = None
+    input_shape: tuple[int, ...] = ()
+    synthetic: bool = False
+    source: str = "arrays passed by the user"
+
+    def __post_init__(self):
+        if not self.input_shape:
+            object.__setattr__(self, "input_shape", tuple(self.train.x.shape[1:]))
 
 
 def load_idx(path: str | os.PathLike[str]) -> np.ndarray:
@@ -320,7 +377,7 @@ def _load_digits(seed: int, validation_size: int | None) -> Dataset:
     import sklearn
     from sklearn.datasets import load_digits
 
-    bunch = load_digits()
+    bunch: Any = load_digits()
     x = (bunch.images.astype(np.float32) / np.float32(16.0))[..., None]
     y = bunch.target.astype(np.int32)
     n = x.shape[0]
@@ -393,12 +450,11 @@ def _cache_dir() -> Path:
 def _fashion_mnist_candidates(data_dir: str | os.PathLike[str] | None) -> list[tuple[Path, str]]:
     """Folders to search, in order, each with how it was chosen."""
     candidates = []
+    root, how = None, ""
     if data_dir is not None:
         root, how = Path(data_dir), "data_dir"
     elif os.environ.get(_DATA_DIR_ENV):
         root, how = Path(os.environ[_DATA_DIR_ENV]), f"${_DATA_DIR_ENV}"
-    else:
-        root = None
     if root is not None:
         candidates += [(root / "fashion-mnist", how), (root, how)]
     candidates.append((_SYSTEM_FASHION_MNIST_DIR, "Debian package dataset-fashion-mnist"))

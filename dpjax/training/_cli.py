@@ -20,12 +20,12 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from dpjax._accounting import calibrate_noise_multiplier, compute_epsilon, steps_from_epochs
-from dpjax._aggregation import NotPrivateWarning
-from dpjax._datasets import DATASET_NAMES
-from dpjax._models import MODEL_NAMES
-from dpjax._trainer import CLIPPING_MODES, OPTIMIZERS, TrainConfig, train
+import dpjax
 from dpjax._validation import check_delta
+from dpjax.data import DATASET_NAMES
+from dpjax.models import MODEL_NAMES
+from dpjax.training._config import CLIPPING_MODES, OPTIMIZERS, TrainConfig
+from dpjax.training._trainer import train
 
 _PRIVACY_NOTE = (
     "Assumes Poisson sampling with rate q and Gaussian noise of std sigma*C added to the "
@@ -198,7 +198,9 @@ def _run_train(args: argparse.Namespace) -> int:
     )
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotPrivateWarning)  # the label is printed below instead
+            warnings.simplefilter(
+                "ignore", dpjax.NotPrivateWarning
+            )  # the label is printed below instead
             result = train(
                 config,
                 json_out=args.json_out,
@@ -288,7 +290,7 @@ def _run_shape(args: argparse.Namespace, n_phases: int) -> tuple[float, list[int
             )
         q, counts, notes = 0.0, [], []
         for e in epochs:
-            q, t, note = steps_from_epochs(args.dataset_size, args.batch_size, e)
+            q, t, note = dpjax.steps_from_epochs(args.dataset_size, args.batch_size, e)
             counts.append(t)
             notes.append(note)
         return q, counts, notes
@@ -317,7 +319,7 @@ def _run_epsilon(args: argparse.Namespace) -> int:
     sigmas = list(args.noise_multiplier)
     q, steps, notes = _run_shape(args, len(sigmas))
     check_delta(args.delta, args.dataset_size)
-    eps = compute_epsilon(
+    eps = dpjax.compute_epsilon(
         sigmas, steps, q, args.delta, accountant=args.accountant, dataset_size=args.dataset_size
     )
     if args.json:
@@ -346,10 +348,10 @@ def _run_epsilon(args: argparse.Namespace) -> int:
 def _run_calibrate(args: argparse.Namespace) -> int:
     q, (steps,), notes = _run_shape(args, 1)
     check_delta(args.delta, args.dataset_size)
-    sigma = calibrate_noise_multiplier(
+    sigma = dpjax.calibrate_noise_multiplier(
         args.target_epsilon, q, steps, args.delta, accountant=args.accountant
     )
-    eps = compute_epsilon(sigma, steps, q, args.delta, accountant=args.accountant)
+    eps = dpjax.compute_epsilon(sigma, steps, q, args.delta, accountant=args.accountant)
     if args.json:
         record = {
             "noise_multiplier": sigma,

@@ -1,4 +1,4 @@
-"""Tests for dpjax._models: shapes, the published DP CNN, BatchNorm refusal, vmap."""
+"""Tests for dpjax.models: shapes, the published DP CNN, BatchNorm refusal, vmap."""
 
 import doctest
 
@@ -9,13 +9,13 @@ import pytest
 from flax import linen as nn
 from flax import nnx
 
-from dpjax import _models
-from dpjax._models import (
+from dpjax.models import (
     DPCNN,
     MODEL_NAMES,
     FunctionalModel,
     GroupNormCNN,
     LinenCNN,
+    _models,
     check_no_batchnorm,
     functional,
     make_model,

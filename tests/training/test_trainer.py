@@ -6,11 +6,13 @@ import math
 import flax.nnx as nnx
 import jax
 import numpy as np
+import optax
 import pytest
 
 import dpjax
-from dpjax import _checkpoint, _random, _trainer
-from dpjax._trainer import SUMMARY_FIELDS
+import dpjax.training
+from dpjax import _random
+from dpjax.training import SUMMARY_FIELDS, _checkpoint, _trainer
 
 
 @pytest.fixture(scope="module")
@@ -39,12 +41,12 @@ def _cfg(**kw):
     base = dict(
         dataset="digits", model="logreg", batch_size=128, steps=6, lr=0.05, eval_every=3, seed=0
     )
-    return dpjax.TrainConfig(**(base | kw))
+    return dpjax.training.TrainConfig(**(base | kw))
 
 
 def test_private_run_reports_the_summary_fields_and_spends_at_most_the_target(digits, tmp_path):
     out, log = tmp_path / "summary.json", tmp_path / "log.jsonl"
-    result = dpjax.train(
+    result = dpjax.training.train(
         _cfg(target_epsilon=2.0), dataset=digits, json_out=out, log_path=log, progress=False
     )
     summary = json.loads(out.read_text())
@@ -62,7 +64,7 @@ def test_trainer_stops_exactly_before_the_step_that_would_exceed_the_budget(digi
     sigma, q, delta, target = 1.5, 128 / len(digits.train), 1e-5, 1.5
     allowed = dpjax.max_steps(sigma, q, delta, target)
     assert 1 <= allowed < 50
-    result = dpjax.train(
+    result = dpjax.training.train(
         _cfg(target_epsilon=target, noise_multiplier=sigma, steps=50, eval_every=100),
         dataset=digits,
         progress=False,
@@ -77,21 +79,25 @@ def test_target_too_small_for_one_step_reports_the_smallest_reachable_epsilon(di
     with pytest.raises(
         ValueError, match=r"too small for even one step.*smallest reachable epsilon"
     ):
-        dpjax.train(_cfg(target_epsilon=1e-3, noise_multiplier=0.5), dataset=digits, progress=False)
+        dpjax.training.train(
+            _cfg(target_epsilon=1e-3, noise_multiplier=0.5), dataset=digits, progress=False
+        )
 
 
 def test_microbatching_does_not_change_the_result(digits):
-    a = dpjax.train(_cfg(target_epsilon=3.0), dataset=digits, progress=False)
-    b = dpjax.train(_cfg(target_epsilon=3.0, microbatch_size=16), dataset=digits, progress=False)
+    a = dpjax.training.train(_cfg(target_epsilon=3.0), dataset=digits, progress=False)
+    b = dpjax.training.train(
+        _cfg(target_epsilon=3.0, microbatch_size=16), dataset=digits, progress=False
+    )
     assert b.summary["microbatch_size"] == 16
     for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
         np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5)
 
 
 def test_same_seed_reproduces_a_run_exactly(digits):
-    a = dpjax.train(_cfg(), dataset=digits, progress=False)
-    b = dpjax.train(_cfg(), dataset=digits, progress=False)
-    c = dpjax.train(_cfg(seed=1), dataset=digits, progress=False)
+    a = dpjax.training.train(_cfg(), dataset=digits, progress=False)
+    b = dpjax.training.train(_cfg(), dataset=digits, progress=False)
+    c = dpjax.training.train(_cfg(seed=1), dataset=digits, progress=False)
     for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
         np.testing.assert_array_equal(x, y)
     assert not np.allclose(jax.tree.leaves(a.params)[0], jax.tree.leaves(c.params)[0])
@@ -99,7 +105,7 @@ def test_same_seed_reproduces_a_run_exactly(digits):
 
 @pytest.mark.parametrize("model", ["mlp", "linen-mlp"])
 def test_nnx_and_linen_models_both_learn(digits, model):
-    result = dpjax.train(
+    result = dpjax.training.train(
         _cfg(model=model, steps=40, lr=0.01, target_epsilon=8.0, eval_every=40),
         dataset=digits,
         progress=False,
@@ -118,14 +124,16 @@ class _WithBatchNorm(nnx.Module):
 
 def test_batchnorm_model_is_refused_naming_the_layer(digits):
     with pytest.raises(ValueError, match=r"norm.*BatchNorm"):
-        model = dpjax.functional(_WithBatchNorm(nnx.Rngs(0)))
-        dpjax.train(_cfg(), dataset=digits, model=model, progress=False)
+        model = dpjax.models.functional(_WithBatchNorm(nnx.Rngs(0)))
+        dpjax.training.train(_cfg(), dataset=digits, model=model, progress=False)
 
 
 def test_not_private_baseline_is_labelled_everywhere(digits, tmp_path):
     out = tmp_path / "s.json"
     with pytest.warns(dpjax.NotPrivateWarning, match="NOT PRIVATE"):
-        result = dpjax.train(_cfg(not_private=True), dataset=digits, json_out=out, progress=False)
+        result = dpjax.training.train(
+            _cfg(not_private=True), dataset=digits, json_out=out, progress=False
+        )
     summary = json.loads(out.read_text())
     assert summary["label"] == "NOT PRIVATE" and summary["private"] is False
     assert summary["epsilon"] is None and math.isinf(result.summary["epsilon"])
@@ -137,14 +145,14 @@ def test_unwritable_json_out_fails_before_any_training(monkeypatch, tmp_path):
 
     monkeypatch.setattr(_trainer._datasets, "load_dataset", boom)
     with pytest.raises(ValueError, match="json_out="):
-        dpjax.train(_cfg(), json_out=tmp_path / "missing-dir" / "s.json", progress=False)
+        dpjax.training.train(_cfg(), json_out=tmp_path / "missing-dir" / "s.json", progress=False)
 
 
 def test_ctrl_c_still_writes_what_was_spent(digits, tmp_path, interrupt_at):
     interrupt_at(3)
     out = tmp_path / "s.json"
     with pytest.raises(KeyboardInterrupt):
-        dpjax.train(_cfg(steps=10), dataset=digits, json_out=out, progress=False)
+        dpjax.training.train(_cfg(steps=10), dataset=digits, json_out=out, progress=False)
     summary = json.loads(out.read_text())
     assert summary["stop_reason"] == "interrupted" and summary["steps"] == 3
     # Exactly the three steps that ran are accounted.
@@ -172,17 +180,17 @@ def test_bad_configuration_is_refused_when_built(kw, match):
 
 def test_delta_not_below_one_over_n_is_refused(digits):
     with pytest.raises(ValueError, match=r"delta=0.01 is not below 1/N"):
-        dpjax.train(_cfg(delta=1e-2), dataset=digits, progress=False)
+        dpjax.training.train(_cfg(delta=1e-2), dataset=digits, progress=False)
 
 
 def test_default_seed_is_secret_and_unrecorded(digits):
-    a = dpjax.train(
-        dpjax.TrainConfig(dataset="digits", steps=2, batch_size=128, eval_every=2),
+    a = dpjax.training.train(
+        dpjax.training.TrainConfig(dataset="digits", steps=2, batch_size=128, eval_every=2),
         dataset=digits,
         progress=False,
     )
-    b = dpjax.train(
-        dpjax.TrainConfig(dataset="digits", steps=2, batch_size=128, eval_every=2),
+    b = dpjax.training.train(
+        dpjax.training.TrainConfig(dataset="digits", steps=2, batch_size=128, eval_every=2),
         dataset=digits,
         progress=False,
     )
@@ -202,14 +210,16 @@ def test_model_noise_and_sampler_seeds_are_independent_streams():
 
 def test_resume_continues_the_run_and_the_budget_never_resets(digits, tmp_path, interrupt_at):
     cfg = _cfg(steps=10, eval_every=100, target_epsilon=2.0)
-    whole = dpjax.train(cfg, dataset=digits, progress=False)
+    whole = dpjax.training.train(cfg, dataset=digits, progress=False)
 
     ckpt = tmp_path / "run.npz"
     disarm = interrupt_at(4)
     with pytest.raises(KeyboardInterrupt):
-        dpjax.train(cfg, dataset=digits, checkpoint=ckpt, checkpoint_every=3, progress=False)
+        dpjax.training.train(
+            cfg, dataset=digits, checkpoint=ckpt, checkpoint_every=3, progress=False
+        )
     disarm()
-    resumed = dpjax.train(cfg, dataset=digits, checkpoint=ckpt, progress=False)
+    resumed = dpjax.training.train(cfg, dataset=digits, checkpoint=ckpt, progress=False)
 
     # Same batches and same noise as the uninterrupted run: no key or batch replayed.
     for x, y in zip(jax.tree.leaves(whole.params), jax.tree.leaves(resumed.params), strict=True):
@@ -223,21 +233,23 @@ def test_resume_continues_the_run_and_the_budget_never_resets(digits, tmp_path, 
 
 def test_resume_refuses_a_checkpoint_from_different_settings(digits, tmp_path):
     ckpt = tmp_path / "run.npz"
-    dpjax.train(_cfg(steps=3), dataset=digits, checkpoint=ckpt, progress=False)
+    dpjax.training.train(_cfg(steps=3), dataset=digits, checkpoint=ckpt, progress=False)
     with pytest.raises(ValueError, match=r"different run.*clip_norm"):
-        dpjax.train(_cfg(steps=6, clip_norm=2.0), dataset=digits, checkpoint=ckpt, progress=False)
+        dpjax.training.train(
+            _cfg(steps=6, clip_norm=2.0), dataset=digits, checkpoint=ckpt, progress=False
+        )
 
 
 def test_a_finished_run_resumed_with_more_steps_spends_more_not_again(digits, tmp_path):
     ckpt = tmp_path / "run.npz"
     sigma = 2.0
-    first = dpjax.train(
+    first = dpjax.training.train(
         _cfg(steps=5, noise_multiplier=sigma, target_epsilon=None),
         dataset=digits,
         checkpoint=ckpt,
         progress=False,
     )
-    more = dpjax.train(
+    more = dpjax.training.train(
         _cfg(steps=8, noise_multiplier=sigma, target_epsilon=None),
         dataset=digits,
         checkpoint=ckpt,
@@ -255,17 +267,19 @@ def test_a_finished_run_resumed_with_more_steps_spends_more_not_again(digits, tm
 def test_resume_refuses_different_training_data(digits, tmp_path):
     # Another N means another sampling rate: the account would be told the wrong q.
     ckpt = tmp_path / "run.npz"
-    dpjax.train(_cfg(steps=2), dataset=digits, checkpoint=ckpt, progress=False)
+    dpjax.training.train(_cfg(steps=2), dataset=digits, checkpoint=ckpt, progress=False)
     smaller = dpjax.load_dataset("digits", seed=0, validation_size=900)
     with pytest.raises(ValueError, match=r"different run.*dataset_size"):
-        dpjax.train(_cfg(steps=4), dataset=smaller, checkpoint=ckpt, progress=False)
+        dpjax.training.train(_cfg(steps=4), dataset=smaller, checkpoint=ckpt, progress=False)
 
 
 def test_resume_refuses_a_different_budget(digits, tmp_path):
     ckpt = tmp_path / "run.npz"
-    dpjax.train(_cfg(steps=2, target_epsilon=1.0), dataset=digits, checkpoint=ckpt, progress=False)
+    dpjax.training.train(
+        _cfg(steps=2, target_epsilon=1.0), dataset=digits, checkpoint=ckpt, progress=False
+    )
     with pytest.raises(ValueError, match=r"different run.*target_epsilon"):
-        dpjax.train(
+        dpjax.training.train(
             _cfg(steps=4, target_epsilon=5.0), dataset=digits, checkpoint=ckpt, progress=False
         )
 
@@ -288,7 +302,9 @@ def test_master_seeds_whose_noise_seeds_share_their_low_32_bits_give_different_n
 
 def test_trainer_noise_key_carries_64_bits_of_the_seed(digits, tmp_path):
     ckpt = tmp_path / "run.npz"
-    dpjax.train(_cfg(steps=1, seed=2**63 + 12345), dataset=digits, checkpoint=ckpt, progress=False)
+    dpjax.training.train(
+        _cfg(steps=1, seed=2**63 + 12345), dataset=digits, checkpoint=ckpt, progress=False
+    )
     meta = _checkpoint.read_metadata(ckpt)
     want = _random.key_from_seed(_random.derive_seed(meta["seed"], 1))
     with np.load(ckpt) as data:
@@ -301,7 +317,9 @@ def test_trainer_noise_key_carries_64_bits_of_the_seed(digits, tmp_path):
 def test_explicit_seed_never_reaches_the_summary_or_the_log(digits, tmp_path):
     seed = 918273645546372819
     out, log = tmp_path / "s.json", tmp_path / "log.jsonl"
-    dpjax.train(_cfg(seed=seed), dataset=digits, json_out=out, log_path=log, progress=False)
+    dpjax.training.train(
+        _cfg(seed=seed), dataset=digits, json_out=out, log_path=log, progress=False
+    )
     for text in (out.read_text(), log.read_text()):
         assert str(seed) not in text
     assert "explicit" in json.loads(out.read_text())["seed"]
@@ -311,7 +329,7 @@ def test_checkpoint_fingerprints_the_data_with_a_keyed_hash_only(digits, tmp_pat
     import hashlib
 
     ckpt = tmp_path / "run.npz"
-    dpjax.train(_cfg(steps=1), dataset=digits, checkpoint=ckpt, progress=False)
+    dpjax.training.train(_cfg(steps=1), dataset=digits, checkpoint=ckpt, progress=False)
     text = json.dumps(_checkpoint.read_metadata(ckpt))
     plain = hashlib.sha256()
     for array in (digits.train.x, digits.train.y):
@@ -357,10 +375,10 @@ def _rewrite_array(path, select, edit):
 def test_resume_refuses_a_tampered_or_inconsistent_checkpoint(digits, tmp_path, edit, match):
     ckpt = tmp_path / "run.npz"
     cfg = _cfg(steps=3, target_epsilon=3.0)
-    dpjax.train(cfg, dataset=digits, checkpoint=ckpt, progress=False)
+    dpjax.training.train(cfg, dataset=digits, checkpoint=ckpt, progress=False)
     _rewrite_metadata(ckpt, edit)
     with pytest.raises(ValueError, match=match):
-        dpjax.train(
+        dpjax.training.train(
             _cfg(steps=6, target_epsilon=3.0, seed=None),
             dataset=digits,
             checkpoint=ckpt,
@@ -370,10 +388,10 @@ def test_resume_refuses_a_tampered_or_inconsistent_checkpoint(digits, tmp_path, 
 
 def test_resume_refuses_a_zeroed_noise_key(digits, tmp_path):
     ckpt = tmp_path / "run.npz"
-    dpjax.train(_cfg(steps=3), dataset=digits, checkpoint=ckpt, progress=False)
+    dpjax.training.train(_cfg(steps=3), dataset=digits, checkpoint=ckpt, progress=False)
     _rewrite_array(ckpt, lambda n: n.startswith("key:"), np.zeros_like)
     with pytest.raises(ValueError, match="noise key"):
-        dpjax.train(_cfg(steps=6), dataset=digits, checkpoint=ckpt, progress=False)
+        dpjax.training.train(_cfg(steps=6), dataset=digits, checkpoint=ckpt, progress=False)
 
 
 @pytest.mark.parametrize(
@@ -389,15 +407,15 @@ def test_malformed_checkpoint_is_a_clear_value_error(digits, tmp_path, content):
     else:
         ckpt.write_bytes(content)
     with pytest.raises(ValueError, match="not a readable dpjax checkpoint"):
-        dpjax.train(_cfg(steps=2), dataset=digits, checkpoint=ckpt, progress=False)
+        dpjax.training.train(_cfg(steps=2), dataset=digits, checkpoint=ckpt, progress=False)
 
 
 def test_truncated_checkpoint_is_a_clear_value_error(digits, tmp_path):
     ckpt = tmp_path / "run.npz"
-    dpjax.train(_cfg(steps=2), dataset=digits, checkpoint=ckpt, progress=False)
+    dpjax.training.train(_cfg(steps=2), dataset=digits, checkpoint=ckpt, progress=False)
     ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
     with pytest.raises(ValueError, match="not a readable dpjax checkpoint"):
-        dpjax.train(_cfg(steps=4), dataset=digits, checkpoint=ckpt, progress=False)
+        dpjax.training.train(_cfg(steps=4), dataset=digits, checkpoint=ckpt, progress=False)
 
 
 def test_steps_beyond_the_int32_noise_counter_are_refused():
@@ -408,3 +426,76 @@ def test_steps_beyond_the_int32_noise_counter_are_refused():
 def test_not_private_with_a_noise_multiplier_is_refused():
     with pytest.raises(ValueError, match="not_private=True contradicts noise_multiplier"):
         _cfg(not_private=True, noise_multiplier=1.0)
+
+
+# ---- a trainer for any objective (architecture issue)
+
+
+def _regression_data(n=900, d=6, seed=0):
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=d).astype(np.float32)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    y = (x @ w + 0.1 * rng.normal(size=n)).astype(np.float32)
+    part = lambda a, b: dpjax.data.Split(x=x[a:b], y=y[a:b])  # noqa: E731
+    return dpjax.data.Dataset(
+        name="linear regression", train=part(0, 600), validation=part(600, 750), test=part(750, n)
+    )
+
+
+def test_trainer_fits_a_regression_with_a_user_loss_on_plain_arrays():
+    data = _regression_data()
+    model = dpjax.models.functional(dpjax.ghost.GhostLinear(6, 1, rngs=nnx.Rngs(0)))
+
+    def squared_error(prediction, target):  # ONE example: prediction (1,), target ()
+        return (prediction[0] - target) ** 2
+
+    cfg = dpjax.training.TrainConfig(
+        dataset="synthetic", steps=150, batch_size=100, lr=0.05, target_epsilon=8.0,
+        clip_norm=5.0, eval_every=50, seed=0,
+    )  # fmt: skip
+    result = dpjax.training.train(
+        cfg, dataset=data, model=model, loss=squared_error, progress=False
+    )
+    s = result.summary
+    baseline = float(np.mean(data.test.y**2))  # predicting 0
+    assert s["test_loss"] < 0.2 * baseline, (s["test_loss"], baseline)
+    assert s["test_accuracy"] is None or math.isnan(s["test_accuracy"])  # not a classifier
+    assert s["clipping"] == "ghost" and 0 < s["epsilon"] <= 8.0
+
+
+def test_the_trainers_step_is_the_public_pieces():
+    # The same run built by hand from public names gives the same parameters.
+    data = _regression_data(n=400)
+    model = dpjax.models.functional(nnx.Linear(6, 1, rngs=nnx.Rngs(0)))  # not ghost: vmap path
+
+    def loss(prediction, target):
+        return (prediction[0] - target) ** 2
+
+    cfg = dpjax.training.TrainConfig(
+        dataset="synthetic", steps=3, batch_size=64, lr=0.1, noise_multiplier=1.0,
+        target_epsilon=None, clip_norm=1.0, optimizer="sgd", eval_every=3, seed=123,
+    )  # fmt: skip
+    got = dpjax.training.train(cfg, dataset=data, model=model, loss=loss, progress=False)
+    n = len(data.train)
+    sampler = dpjax.PoissonSampler(
+        n, expected_batch_size=64, seed=dpjax.derive_seed(123, 2)
+    )
+    grads = dpjax.per_example_grads(lambda p, ex: loss(model.apply(p, ex[0][None])[0], ex[1]))
+    clipper = dpjax.accumulate_clipped_grads(
+        grads, l2_norm=1.0, microbatch_size=sampler.microbatch_size
+    )
+    key = dpjax.key_from_seed(dpjax.derive_seed(123, 1))
+    tx = optax.chain(dpjax.noisy_mean(1.0, 64, key), optax.sgd(0.1))
+    update = jax.jit(dpjax.private_update(clipper, tx))
+    params, state = model.params, tx.init(model.params)
+    for t in range(3):
+        b = sampler.sample(t)
+        params, state = update(params, state, (data.train.x[b.indices], data.train.y[b.indices]), b.mask)
+    for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_run_plan_is_a_typed_record():
+    plan = dpjax.training.plan_run(_cfg(steps=10, target_epsilon=2.0), 1000)
+    assert isinstance(plan, dpjax.training.RunPlan)
+    assert plan.steps == 10 and plan.sampling_rate == 128 / 1000 and plan.planned_epsilon <= 2.0

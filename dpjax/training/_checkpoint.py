@@ -150,7 +150,7 @@ def load_checkpoint(path: str | os.PathLike, like: PyTree) -> tuple[PyTree, dict
                 or value.dtype != want.dtype
             ):
                 raise _corrupt(path, f"array {i} should be a {impl} PRNG key")
-            leaves.append(jax.random.wrap_key_data(value, impl=impl))
+            leaves.append(jax.random.wrap_key_data(jnp.asarray(value), impl=impl))
             continue
         ref = np.asarray(ref)
         if name != str(i) or value.shape != ref.shape or value.dtype != ref.dtype:

@@ -6,8 +6,7 @@ import re
 import pytest
 
 from dpjax._accounting import calibrate_noise_multiplier, compute_epsilon
-from dpjax._cli import main
-from dpjax._trainer import SUMMARY_FIELDS
+from dpjax.training import SUMMARY_FIELDS, main
 
 DELTA = 1e-5
 

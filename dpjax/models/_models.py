@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +23,7 @@ from flax import linen as nn
 from flax import nnx
 
 from dpjax import _validation
-from dpjax._ghost_layers import GhostConv, GhostDense, GhostLinear
+from dpjax.ghost import GhostConv, GhostDense, GhostLinear
 
 MODEL_NAMES = ("logreg", "mlp", "cnn", "gn-cnn", "linen-mlp", "linen-cnn")
 
@@ -504,13 +504,13 @@ def functional(
         module = model
 
         def apply_linen(params: Any, x: jax.Array) -> jax.Array:
-            return module.apply({"params": params, **variables}, x)
+            return cast(jax.Array, module.apply({"params": params, **variables}, x))
 
         return FunctionalModel(apply=apply_linen, params=params)
 
     raise ValueError(
         f"model={type(model).__name__} is neither an nnx.Module nor a flax.linen.Module; "
-        f"pass one of those (e.g. dpjax.DPCNN(rngs=nnx.Rngs(0)))."
+        f"pass one of those (e.g. dpjax.models.DPCNN(rngs=nnx.Rngs(0)))."
     )
 
 

@@ -1,0 +1,338 @@
+"""The privacy tracker: an account of typed releases, checked BEFORE each release (host side).
+
+Every release (a DP-SGD step, an output perturbation, a federated round, a
+private statistic) is one record of :mod:`dpjax._releases`. The tracker
+composes them in order (exactly through dp-accounting; pure-epsilon records by
+the rule stated in :class:`dpjax.PureEpsilonRelease`) and refuses a release
+that would take the spent epsilon above the target, before it happens. Its
+state round-trips through JSON, so a resumed run continues the account.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from typing import Any
+
+import dp_accounting
+
+from dpjax import _accounting, _releases, _validation
+from dpjax._releases import EventRelease, PoissonGaussianSteps, Release
+
+_STATE_VERSION = 2
+
+
+class BudgetExceededError(RuntimeError):
+    """Raised when a release would take the spent epsilon above the target."""
+
+
+class PrivacyTracker:
+    """Keeps the privacy account of a run and refuses releases beyond the budget.
+
+    Host side. Records typed releases (:class:`dpjax.PoissonGaussianSteps`,
+    :class:`dpjax.GaussianRelease`, :class:`dpjax.LaplaceRelease`,
+    :class:`dpjax.PureEpsilonRelease`, :class:`dpjax.EventRelease`) in order;
+    consecutive identical DP-SGD steps are kept as one record.
+
+    **Speed.** Recording one more DP-SGD step like the last does not run a full
+    accounting: the first step of a phase costs one epsilon evaluation, the
+    second computes, once, how many such steps the budget allows after what
+    came before; later steps only compare a count.
+
+    Args:
+      target_epsilon: the budget, > 0; `math.inf` only tracks (never refuses).
+      delta: the delta of the guarantee, in (0, 1) (below 1/N when
+        `dataset_size` is given).
+      sampling_rate: the Poisson rate q of the DP-SGD steps that
+        :meth:`record_step` records; None if only other releases are recorded.
+      accountant: `"pld"` (default, tighter) or `"rdp"`.
+      dataset_size: N, if known.
+
+    Raises:
+      ValueError: if an argument is invalid.
+
+    Example:
+      >>> import dpjax
+      >>> tracker = dpjax.PrivacyTracker(target_epsilon=1.0, delta=1e-5, sampling_rate=0.01)
+      >>> for _ in range(100):
+      ...     tracker.record_step(1.0)
+      >>> tracker.record(dpjax.LaplaceRelease(noise_multiplier=20.0))  # a count, eps 0.05
+      >>> tracker.steps, round(tracker.epsilon_spent(), 3)
+      (100, 0.754)
+      >>> tracker.can_step(0.1)
+      False
+
+    **Privacy:** the account is only true if every release really ran as its
+    record says (for DP-SGD steps: Poisson sampling at rate q, Gaussian noise
+    of std sigma * C on a sum of sensitivity C, fresh noise), and if every
+    release is recorded BEFORE its result leaves: a refused release
+    (:class:`BudgetExceededError`) must not be released. When resuming, rebuild
+    the tracker with :meth:`from_state_dict`, never a fresh one.
+    """
+
+    def __init__(
+        self,
+        target_epsilon: float,
+        delta: float,
+        sampling_rate: float | None = None,
+        *,
+        accountant: str = "pld",
+        dataset_size: int | None = None,
+    ):
+        unlimited = isinstance(target_epsilon, numbers.Real) and target_epsilon == math.inf
+        self._target = math.inf if unlimited else _validation.check_target_epsilon(target_epsilon)
+        self._delta = _validation.check_delta(delta, dataset_size)
+        self._q = None if sampling_rate is None else _validation.check_sampling_rate(sampling_rate)
+        self._accountant = _validation.check_accountant(accountant)
+        self._dataset_size = None if dataset_size is None else int(dataset_size)
+        self._releases: tuple[Release, ...] = ()
+        self._phase_limit: int | None = None  # steps the last DP-SGD record may reach, if known
+        self._eps: float | None = 0.0
+
+    # -- read-only views
+    @property
+    def target_epsilon(self) -> float:
+        """The budget."""
+        return self._target
+
+    @property
+    def delta(self) -> float:
+        """The delta of the guarantee."""
+        return self._delta
+
+    @property
+    def sampling_rate(self) -> float | None:
+        """The Poisson rate q of the steps :meth:`record_step` records."""
+        return self._q
+
+    @property
+    def accountant(self) -> str:
+        """`"pld"` or `"rdp"`."""
+        return self._accountant
+
+    @property
+    def releases(self) -> tuple[Release, ...]:
+        """Everything recorded, in order (consecutive identical steps merged)."""
+        return self._releases
+
+    @property
+    def steps(self) -> int:
+        """Number of DP-SGD steps recorded."""
+        return sum(r.steps for r in self._releases if isinstance(r, PoissonGaussianSteps))
+
+    @property
+    def phases(self) -> tuple[tuple[float, int], ...]:
+        """The recorded DP-SGD steps as `((sigma, steps), ...)` in order."""
+        return tuple(
+            (r.noise_multiplier, r.steps)
+            for r in self._releases
+            if isinstance(r, PoissonGaussianSteps)
+        )
+
+    @property
+    def events(self) -> tuple[tuple[str, dp_accounting.DpEvent], ...]:
+        """The :class:`dpjax.EventRelease` records, as `(label, event)`."""
+        return tuple((r.label, r.event) for r in self._releases if isinstance(r, EventRelease))
+
+    # -- epsilon
+    def dp_event(self) -> dp_accounting.DpEvent:
+        """The releases that have a dp-accounting event, composed in order (for experts).
+
+        Pure-epsilon records have none (see :class:`dpjax.PureEpsilonRelease`).
+        """
+        return _accounting.compose_events([r.dp_event() for r in self._releases])
+
+    def _epsilon(self, releases: tuple[Release, ...]) -> float:
+        try:
+            return _accounting.epsilon_of_releases(releases, self._delta, self._accountant)
+        except dp_accounting.UnsupportedEventError as err:
+            raise ValueError(
+                f"accountant={self._accountant!r} cannot compose these releases ({err}); use "
+                "supported dp_accounting events, or the other accountant."
+            ) from err
+
+    def epsilon_spent(self) -> float:
+        """Epsilon spent so far (0.0 before any release), cached until the next change."""
+        if self._eps is None:
+            self._eps = self._epsilon(self._releases)
+        return self._eps
+
+    def _appended(self, release: Release) -> tuple[Release, ...]:
+        if self._releases:
+            merged = _releases.merge(self._releases[-1], release)
+            if merged is not None:
+                return (*self._releases[:-1], merged)
+        return (*self._releases, release)
+
+    def _check(self, release: Release) -> float | None:
+        """None if `release` fits the budget, else the epsilon it would reach."""
+        if self._target == math.inf:
+            return None
+        after = self._appended(release)
+        last = after[-1]
+        extends = len(after) == len(self._releases) and isinstance(last, PoissonGaussianSteps)
+        if extends and isinstance(last, PoissonGaussianSteps):
+            if self._phase_limit is None:
+                prior = self._releases[:-1]
+                self._phase_limit = _accounting.largest_count(
+                    lambda t: self._epsilon((*prior, dataclasses.replace(last, steps=t))),
+                    self._target,
+                )
+            if last.steps <= int(self._phase_limit):
+                return None
+        eps = self._epsilon(after)
+        return None if eps <= self._target else eps
+
+    def can_record(self, release: Release) -> bool:
+        """Whether `release` keeps epsilon within the target."""
+        return self._check(_check_release(release)) is None
+
+    def record(self, release: Release) -> None:
+        """Records a release BEFORE it happens, or refuses it if it would exceed the budget.
+
+        Args:
+          release: the record of what is about to be released.
+
+        Raises:
+          ValueError: if `release` is not a release record.
+          BudgetExceededError: if it would take epsilon above the target;
+            nothing is recorded then, and the release must not happen.
+        """
+        release = _check_release(release)
+        would = self._check(release)
+        if would is not None:
+            raise BudgetExceededError(
+                f"privacy budget exhausted: {release!r} would reach epsilon={would:.6g} > "
+                f"target_epsilon={self._target:g} (delta={self._delta:g}, "
+                f"accountant={self._accountant!r}); it was not recorded and must not be released."
+            )
+        after = self._appended(release)
+        if len(after) != len(self._releases):
+            self._phase_limit = None
+        self._releases = after
+        self._eps = None
+
+    # -- DP-SGD steps at this tracker's sampling rate
+    def _step(self, noise_multiplier: float) -> PoissonGaussianSteps:
+        if self._q is None:
+            raise ValueError(
+                "this tracker has no sampling_rate; pass PrivacyTracker(..., sampling_rate=q) to "
+                "record DP-SGD steps, or record(dpjax.PoissonGaussianSteps(sigma, q))."
+            )
+        return PoissonGaussianSteps(noise_multiplier, self._q)
+
+    def can_step(self, noise_multiplier: float) -> bool:
+        """Whether one more DP-SGD step at `noise_multiplier` keeps epsilon within the target."""
+        return self.can_record(self._step(noise_multiplier))
+
+    def record_step(self, noise_multiplier: float) -> None:
+        """Records one DP-SGD step at this tracker's rate: `record(PoissonGaussianSteps(sigma, q))`.
+
+        Raises:
+          ValueError: if `noise_multiplier` is not a positive number.
+          BudgetExceededError: if the step would exceed the budget (not recorded).
+        """
+        self.record(self._step(noise_multiplier))
+
+    def remaining_steps(self, noise_multiplier: float) -> int:
+        """How many more DP-SGD steps at `noise_multiplier` fit the target (capped at 10**9)."""
+        step = self._step(noise_multiplier)
+        if self._target == math.inf:
+            return _validation.MAX_STEPS
+        return _accounting.largest_count(
+            lambda t: self._epsilon(self._appended(dataclasses.replace(step, steps=t))),
+            self._target,
+        )
+
+    def record_event(self, event: dp_accounting.DpEvent, label: str) -> None:
+        """Records any `dp_accounting` event: `record(EventRelease(event, label))`.
+
+        Raises:
+          ValueError: if `event` is not a `DpEvent` or `label` not a string.
+          BudgetExceededError: if it would exceed the budget (not recorded).
+        """
+        self.record(EventRelease(event, label))
+
+    # -- checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable snapshot; restore it with :meth:`from_state_dict`."""
+        return {
+            "version": _STATE_VERSION,
+            "target_epsilon": None if self._target == math.inf else self._target,  # strict JSON
+            "delta": self._delta,
+            "sampling_rate": self._q,
+            "accountant": self._accountant,
+            "dataset_size": self._dataset_size,
+            "releases": [r.to_json() for r in self._releases],
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> PrivacyTracker:
+        """Rebuilds a tracker from :meth:`state_dict`, resuming (never resetting) the account.
+
+        Reads this version's state and the first version's (`"entries"`).
+
+        Raises:
+          ValueError: if `state` is malformed or holds invalid values.
+        """
+        if not isinstance(state, dict) or state.get("version") not in (1, _STATE_VERSION):
+            raise ValueError(
+                f"state must be a dict made by PrivacyTracker.state_dict() (version "
+                f"{_STATE_VERSION}); got {type(state).__name__} with version "
+                f"{state.get('version') if isinstance(state, dict) else None!r}."
+            )
+        try:
+            tracker = cls(
+                math.inf if state["target_epsilon"] is None else state["target_epsilon"],
+                state["delta"],
+                state["sampling_rate"],
+                accountant=state["accountant"],
+                dataset_size=state.get("dataset_size"),
+            )
+            items = state["entries"] if state["version"] == 1 else state["releases"]
+            if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+                raise ValueError(f"its records {items!r} must be a list of dicts")
+            if state["version"] == 1:
+                records = [_v1_release(e, tracker._q) for e in items]
+            else:
+                records = [_releases.release_from_json(r) for r in items]
+            for record in records:
+                tracker._releases = tracker._appended(record)
+            tracker._eps = None
+            tracker.epsilon_spent()  # every record within the accountant's limits, checked now
+        except (KeyError, TypeError, AttributeError, ValueError) as err:
+            raise ValueError(
+                f"state is not a valid PrivacyTracker.state_dict() ({type(err).__name__}: {err})."
+            ) from err
+        return tracker
+
+    def __repr__(self) -> str:
+        return (
+            f"PrivacyTracker(target_epsilon={self._target:g}, delta={self._delta:g}, "
+            f"sampling_rate={self._q}, accountant={self._accountant!r}, steps={self.steps}, "
+            f"releases={len(self._releases)})"
+        )
+
+
+def _check_release(release: object) -> Release:
+    if not isinstance(release, Release):
+        raise ValueError(
+            f"release={release!r} is not a release record; pass e.g. "
+            "dpjax.PoissonGaussianSteps(sigma, q), dpjax.GaussianRelease(sigma), "
+            "dpjax.LaplaceRelease(b) or dpjax.EventRelease(event, label)."
+        )
+    return release
+
+
+def _v1_release(entry: dict[str, Any], q: float | None) -> Release:
+    """A record of the first state format (`{"kind": "steps" | "event", ...}`)."""
+    if entry["kind"] == "steps":
+        if q is None:
+            raise ValueError("a version-1 state with steps needs its sampling_rate.")
+        return PoissonGaussianSteps(entry["noise_multiplier"], q, entry["steps"])
+    if entry["kind"] == "event":
+        return _releases.release_from_json(
+            {"kind": "event", "label": entry["label"], "event": entry["event"]}
+        )
+    raise ValueError(f"state entry kind {entry['kind']!r} is unknown; expected 'steps' or 'event'.")

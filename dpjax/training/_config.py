@@ -1,0 +1,208 @@
+"""What a training run is: its configuration and its plan, both validated once (host side)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import dpjax
+from dpjax import _validation
+from dpjax.data import DATASET_NAMES
+from dpjax.models import MODEL_NAMES
+
+OPTIMIZERS = ("adam", "sgd", "momentum")
+CLIPPING_MODES = ("auto", "vmap", "ghost")
+MAX_STEPS = 2**31 - 1
+"""Most steps a run may take: the noise counter is an int32, and a saturated counter would
+reuse one noise key for every later step."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run (validated when built).
+
+    The defaults are the configuration tuned on the digits VALIDATION split at
+    epsilon = 3 (see benchmarks/utility.py).
+
+    Attributes:
+      dataset: one of `dpjax.data.DATASET_NAMES`.
+      model: one of `dpjax.models.MODEL_NAMES`.
+      target_epsilon: the privacy budget; training stops before the step that
+        would exceed it. With `noise_multiplier=None`, sigma is calibrated so the
+        whole run spends (just under) this budget.
+      delta: the delta of (epsilon, delta)-DP; must be below 1/N.
+      noise_multiplier: sigma; None calibrates it from `target_epsilon`.
+      clip_norm: per-example clip norm C.
+      batch_size: EXPECTED batch size; the sampling rate is `batch_size / N`.
+      epochs: training length in epochs (steps = ceil(epochs * N / batch_size)).
+      steps: training length in steps (overrides `epochs`).
+      lr: learning rate.
+      optimizer: one of `OPTIMIZERS`.
+      seed: an integer in [0, 2**64) that seeds the model init, the sampler and
+        the noise (independent 64-bit streams derived with
+        `numpy.random.SeedSequence`). None (default) draws a secret 64-bit seed
+        from the OS (`secrets`); it is never written to the summary or the log,
+        only to the (sensitive) checkpoint. An explicit seed is for
+        reproducible research: whoever knows it can regenerate the noise.
+      microbatch_size: physical batch; None lets the sampler choose.
+      eval_every: evaluate every this many steps (and at the end).
+      accountant: 'pld' or 'rdp'.
+      clipping: how per-example gradients are clipped: 'vmap' (materialize them
+        with `jax.vmap`; any model), 'ghost' (book-keeping ghost clipping, one
+        backward pass and no per-example gradients: every parameter must be in
+        a `GhostLinear`/`GhostConv` layer, as in the 'logreg', 'mlp' and 'cnn'
+        models), or 'auto' (ghost when possible). Both give the same clipped
+        sum.
+      not_private: NOT PRIVATE baseline: no clipping, no noise, no accounting.
+    """
+
+    dataset: str = "digits"
+    model: str = "mlp"
+    target_epsilon: float | None = 3.0
+    delta: float = 1e-5
+    noise_multiplier: float | None = None
+    clip_norm: float = 1.0
+    batch_size: int = 256
+    epochs: float | None = 60.0
+    steps: int | None = None
+    lr: float = 0.01
+    optimizer: str = "adam"
+    seed: int | None = None
+    microbatch_size: int | None = None
+    eval_every: int = 50
+    accountant: str = "pld"
+    clipping: str = "auto"
+    not_private: bool = False
+
+    def __post_init__(self):
+        if self.dataset not in DATASET_NAMES:
+            raise ValueError(
+                f"dataset={self.dataset!r} is unknown; pass one of {', '.join(DATASET_NAMES)}."
+            )
+        if self.model not in MODEL_NAMES:
+            raise ValueError(
+                f"model={self.model!r} is unknown; pass one of {', '.join(MODEL_NAMES)}."
+            )
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"optimizer={self.optimizer!r} is unknown; pass one of {', '.join(OPTIMIZERS)}."
+            )
+        _validation.check_positive_int(self.batch_size, "batch_size", "256")
+        _validation.check_positive_float(self.lr, "lr", "1e-3")
+        _validation.check_positive_int(self.eval_every, "eval_every", "50")
+        _validation.check_accountant(self.accountant)
+        if self.clipping not in CLIPPING_MODES:
+            raise ValueError(
+                f"clipping={self.clipping!r} is unknown; pass one of {', '.join(CLIPPING_MODES)}."
+            )
+        if self.steps is not None:
+            _validation.check_positive_int(self.steps, "steps", "1000")
+        elif self.epochs is None:
+            raise ValueError("epochs=None and steps=None: pass one of them, e.g. epochs=10.")
+        else:
+            _validation.check_positive_float(self.epochs, "epochs", "10")
+        if self.microbatch_size is not None:
+            _validation.check_positive_int(self.microbatch_size, "microbatch_size", "64")
+        if self.seed is not None:
+            _validation.check_seed(self.seed)
+        if self.steps is not None and self.steps > MAX_STEPS:
+            raise ValueError(
+                f"steps={self.steps!r} exceeds {MAX_STEPS} (2**31 - 1), the most steps whose noise "
+                "keys dpjax can keep distinct; pass fewer steps."
+            )
+        if self.not_private:
+            if self.noise_multiplier is not None:
+                raise ValueError(
+                    f"not_private=True contradicts noise_multiplier={self.noise_multiplier!r}: a "
+                    "NOT PRIVATE run adds no noise. Pass noise_multiplier=None with "
+                    "not_private=True, or drop not_private for a private run."
+                )
+            return
+        _validation.check_clip_norm(self.clip_norm, "clip_norm")
+        _validation.check_delta(self.delta)
+        if self.noise_multiplier is not None:
+            _validation.check_noise_multiplier(self.noise_multiplier)
+        if self.target_epsilon is None and self.noise_multiplier is None:
+            raise ValueError(
+                "target_epsilon=None and noise_multiplier=None: pass a budget (e.g. target_epsilon=3.0) "
+                "or a noise multiplier, or not_private=True for a NOT PRIVATE baseline."
+            )
+        if self.target_epsilon is not None:
+            _validation.check_target_epsilon(self.target_epsilon)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    """What a run will do and spend, computed BEFORE it starts from public quantities only.
+
+    Attributes:
+      sampling_rate: the Poisson rate q = batch_size / N.
+      steps: the planned number of steps.
+      steps_note: how the steps were derived (e.g. the rounding of epochs).
+      noise_multiplier: sigma (0.0 for the NOT PRIVATE baseline).
+      planned_epsilon: epsilon after `min(steps, max_steps)` steps (inf when NOT PRIVATE).
+      max_steps: steps the budget allows at this sigma.
+    """
+
+    sampling_rate: float
+    steps: int
+    steps_note: str
+    noise_multiplier: float
+    planned_epsilon: float
+    max_steps: int
+
+
+def plan_run(config: TrainConfig, dataset_size: int) -> RunPlan:
+    """Computes what a run will do and spend BEFORE it starts (host side).
+
+    Args:
+      config: the run's configuration.
+      dataset_size: N, the number of training examples.
+
+    Returns:
+      A :class:`RunPlan`.
+
+    Raises:
+      ValueError: if delta >= 1/N, if the batch size exceeds N, or if the budget
+        is too small for a single step (the message gives the smallest reachable
+        epsilon).
+
+    **Privacy:** the plan is computed from public quantities only (N, q, sigma,
+    T, delta), never from the data.
+    """
+    if config.batch_size > dataset_size:
+        raise ValueError(
+            f"batch_size={config.batch_size} exceeds the training set size {dataset_size}; pass a smaller batch_size."
+        )
+    q = config.batch_size / dataset_size
+    if config.steps is not None:
+        steps, note = config.steps, f"{config.steps} steps as given"
+    else:
+        assert config.epochs is not None  # TrainConfig requires one of them
+        _, steps, note = dpjax.steps_from_epochs(dataset_size, config.batch_size, config.epochs)
+    if config.not_private:
+        return RunPlan(q, steps, note, 0.0, math.inf, steps)
+    _validation.check_delta(config.delta, dataset_size)
+    sigma = config.noise_multiplier
+    if sigma is None:
+        assert config.target_epsilon is not None  # TrainConfig requires one of them
+        sigma = dpjax.calibrate_noise_multiplier(
+            config.target_epsilon, q, steps, config.delta, accountant=config.accountant
+        )
+    max_steps = steps
+    if config.target_epsilon is not None:
+        max_steps = dpjax.max_steps(
+            sigma, q, config.delta, config.target_epsilon, accountant=config.accountant
+        )
+        if max_steps < 1:
+            smallest = dpjax.compute_epsilon(
+                sigma, 1, q, config.delta, accountant=config.accountant
+            )
+            raise ValueError(
+                f"target_epsilon={config.target_epsilon} is too small for even one step at "
+                f"noise_multiplier={sigma:.4g}, sampling_rate={q:.4g}: the smallest reachable epsilon is "
+                f"{smallest:.4g}. Raise target_epsilon, or raise noise_multiplier / lower batch_size."
+            )
+    run_steps = min(steps, max_steps)
+    eps = dpjax.compute_epsilon(sigma, run_steps, q, config.delta, accountant=config.accountant)
+    return RunPlan(q, steps, note, sigma, eps, max_steps)

@@ -1,0 +1,543 @@
+"""The whole private training job: data -> Poisson batches -> one DP update per step -> accountant.
+
+Host side: planning, sampling, accounting, evaluation, logs and checkpoints.
+Device side: one jitted update, :func:`dpjax.private_update` of a clipper and
+`optax.chain(dpjax.noisy_mean(...), optimizer)`, compiled once per padded batch
+shape. The trainer uses only public pieces of the mechanism.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import dpjax
+import dpjax.ghost
+from dpjax import _validation
+from dpjax.data import Dataset, Split, load_dataset
+from dpjax.models import FunctionalModel, check_no_batchnorm, make_model
+from dpjax.training import _checkpoint, _resume
+from dpjax.training._config import RunPlan, TrainConfig, plan_run
+
+PyTree = Any
+Loss = Callable[[jax.Array, jax.Array], jax.Array]
+"""A per-example loss: `loss(output, target) -> scalar` for ONE example's model output."""
+
+SUMMARY_FIELDS = (
+    "dataset",
+    "model",
+    "test_accuracy",
+    "epsilon",
+    "delta",
+    "noise_multiplier",
+    "sampling_rate",
+    "steps",
+    "clip_norm",
+    "wall_seconds",
+)
+"""Fields every JSON summary has (among others)."""
+NOT_PRIVATE = "NOT PRIVATE"
+
+
+def classification_loss(logits: jax.Array, label: jax.Array) -> jax.Array:
+    """Softmax cross-entropy of ONE example's logits and integer label (the default loss).
+
+    Args:
+      logits: `(num_classes,)`.
+      label: an integer in `[0, num_classes)`.
+
+    Returns:
+      The scalar loss.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from dpjax.training import classification_loss
+      >>> round(float(classification_loss(jnp.zeros(4), jnp.array(1))), 4)
+      1.3863
+    """
+    return optax.softmax_cross_entropy_with_integer_labels(logits, label)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a run did and spent.
+
+    Attributes:
+      summary: the JSON summary (dataset, model, test_accuracy, epsilon, delta,
+        noise_multiplier, sampling_rate, steps, clip_norm, wall_seconds, ...).
+      params: the trained parameters.
+      history: one dict per evaluation (also written as JSON lines).
+    """
+
+    summary: dict[str, Any]
+    params: Any
+    history: list[dict[str, Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Outputs:
+    """Where a run writes, each path checked for writability before any work."""
+
+    json_out: Path | None
+    log: Path | None
+    checkpoint: Path | None
+    checkpoint_every: int
+
+    @classmethod
+    def check(cls, json_out, log_path, checkpoint, checkpoint_every) -> _Outputs:
+        return cls(
+            _check_writable(json_out, "json_out"),
+            _check_writable(log_path, "log_path"),
+            _check_writable(checkpoint, "checkpoint"),
+            _validation.check_positive_int(checkpoint_every, "checkpoint_every", "100"),
+        )
+
+
+@dataclasses.dataclass
+class _State:
+    """The mutable part of a run: parameters, optimizer state and steps done."""
+
+    params: PyTree
+    opt_state: Any
+    steps_done: int
+
+
+def train(
+    config: TrainConfig,
+    *,
+    dataset: Dataset | None = None,
+    model: FunctionalModel | None = None,
+    loss: Loss | None = None,
+    json_out: str | os.PathLike | None = None,
+    log_path: str | os.PathLike | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 100,
+    progress: bool = True,
+) -> TrainResult:
+    """Trains a model with DP-SGD (or the NOT PRIVATE baseline) and reports what it spent.
+
+    Args:
+      config: the run, see :class:`TrainConfig`.
+      dataset: a :class:`dpjax.data.Dataset` (any arrays: images, features,
+        tokens; targets of any shape); default `load_dataset(config.dataset,
+        seed=0)` (the split is fixed and public; the run's seed never changes it).
+      model: a :class:`dpjax.models.FunctionalModel`; default
+        `make_model(config.model, ...)`.
+      loss: the per-example objective, `loss(output, target) -> scalar` for ONE
+        example's model output and target; default :func:`classification_loss`
+        (accuracy is then reported too; with another loss only the loss is).
+      json_out: where to write the JSON summary (checked for writability first).
+      log_path: where to write one JSON line per evaluation.
+      checkpoint: a `.npz` file. If it exists, the run RESUMES from it after
+        checking it: the parameters, optimizer and noise state, the step, the
+        seed and the privacy account are restored, so the budget continues and
+        no noise key or batch is replayed. It is (re)written every
+        `checkpoint_every` steps, at the end, and on Ctrl-C. It is SENSITIVE
+        (it holds the secret seed): keep it with the data.
+      checkpoint_every: steps between checkpoints.
+      progress: show a tqdm progress bar with step, loss, accuracy and epsilon.
+
+    Returns:
+      A :class:`TrainResult`. Hyperparameters should be tuned on
+      `summary["validation_accuracy"]`, never on the test accuracy.
+
+    Raises:
+      ValueError: for an invalid configuration, an unwritable output path, a
+        model with BatchNorm, a budget too small for one step, or a checkpoint
+        that is corrupt, inconsistent or from another run.
+      KeyboardInterrupt: re-raised after the summary of what was spent so far
+        has been written.
+
+    Example:
+      >>> import dpjax.training
+      >>> cfg = dpjax.training.TrainConfig(dataset="digits", model="logreg", target_epsilon=1.0,
+      ...                                  steps=3, batch_size=128, eval_every=3)
+      >>> result = dpjax.training.train(cfg, progress=False)
+      >>> result.summary["epsilon"] <= 1.0
+      True
+
+    **Privacy:** batches are Poisson-sampled with rate q = batch_size / N; each
+    step clips every example's gradient to `clip_norm`, sums, adds
+    N(0, (sigma * clip_norm)^2) noise once and divides by the expected batch
+    size; the accountant records every step before its result leaves the step
+    (an interrupted step's output is discarded), and the loop stops before the
+    step that would exceed `target_epsilon`. Only the parameters carry the
+    (epsilon, delta) guarantee: the training loss, validation and test metrics
+    and the clipping counts are computed from the data without noise and are
+    for the data owner's eyes. The noise key and the sampler's seed come from
+    a secret 64-bit seed (drawn from the OS unless `config.seed` is given);
+    no summary or log records it.
+
+    References:
+      Abadi et al., "Deep Learning with Differential Privacy", CCS 2016.
+      Tramer & Boneh, "Differentially Private Learning Needs Better Features
+      (or Much More Data)", ICLR 2021.
+    """
+    outputs = _Outputs.check(json_out, log_path, checkpoint, checkpoint_every)
+    start = time.perf_counter()
+    data = dataset if dataset is not None else load_dataset(config.dataset, seed=0)
+    resume = _resume.read_resume_metadata(outputs.checkpoint, config)
+    seed = _master_seed(config, resume)
+    fingerprint = None
+    if outputs.checkpoint is not None:
+        fingerprint = _resume.fingerprint(config, data.train, seed)
+        if resume:
+            _resume.check_fingerprint(outputs.checkpoint, resume["fingerprint"], fingerprint)
+    n = len(data.train)
+    plan = plan_run(config, n)
+    model = model or make_model(  # the initialisation is not secret: 31 bits are plenty
+        config.model, data.input_shape, _num_classes(data), seed=dpjax.derive_seed(seed, 0) >> 33
+    )
+    if not config.not_private:
+        check_no_batchnorm(model)
+    loss = loss or classification_loss
+    sampler = dpjax.PoissonSampler(
+        n,
+        expected_batch_size=config.batch_size,
+        seed=dpjax.derive_seed(seed, 2),
+        microbatch_size=config.microbatch_size,
+    )
+    noise_key = dpjax.key_from_seed(dpjax.derive_seed(seed, 1))
+    tracker = _tracker(config, plan, n, outputs.checkpoint, resume)
+    clipping, clipper = _clipper(config, model, loss, data.train, sampler.microbatch_size)
+    tx = optax.chain(_noisy_mean(config, plan, noise_key), _optimizer(config.optimizer, config.lr))
+    update = dpjax.private_update(clipper, tx)
+
+    @jax.jit
+    def step(params, opt_state, x_all, y_all, indices, mask):
+        return update(params, opt_state, (x_all[indices], y_all[indices]), mask)
+
+    state = _State(model.params, tx.init(model.params), 0)
+    if resume and outputs.checkpoint is not None:
+        (state.params, state.opt_state), _ = _checkpoint.load_checkpoint(
+            outputs.checkpoint, (state.params, state.opt_state)
+        )
+        state.steps_done = resume["step"]
+        _resume.check_resumed_state(
+            outputs.checkpoint, state.steps_done, tracker, state.opt_state, noise_key
+        )
+
+    def save() -> None:
+        if outputs.checkpoint is not None:
+            meta = {
+                "version": _resume.CHECKPOINT_VERSION,
+                "step": state.steps_done,
+                "seed": seed,
+                "fingerprint": fingerprint,
+                "accounting": None if tracker is None else tracker.state_dict(),
+            }
+            _checkpoint.save_checkpoint(outputs.checkpoint, (state.params, state.opt_state), meta)
+
+    evaluator = _Evaluator(model.apply, loss, classification=loss is classification_loss)
+    log = _Log(outputs.log, _progress(plan.steps, _label(config), progress), tracker, start)
+    if log.bar is not None and state.steps_done:
+        log.bar.update(state.steps_done)
+    release = (
+        None
+        if tracker is None
+        else dpjax.PoissonGaussianSteps(plan.noise_multiplier, plan.sampling_rate)
+    )
+    x_all, y_all = jnp.asarray(data.train.x), jnp.asarray(data.train.y)
+    stop_reason, interrupted = "completed", False
+    try:
+        for t in range(state.steps_done, plan.steps):
+            batch = sampler.sample(t)
+            new = step(state.params, state.opt_state, x_all, y_all, batch.indices, batch.mask)
+            # Checked and recorded BEFORE the new parameters leave the step: a refused or
+            # interrupted step's output is discarded (nothing released).
+            if tracker is not None:
+                try:
+                    tracker.record(release)
+                except dpjax.BudgetExceededError:
+                    stop_reason = "budget"
+                    break
+            (state.params, state.opt_state), state.steps_done = new, t + 1
+            log.step()
+            if state.steps_done % config.eval_every == 0:
+                log.evaluation(state.steps_done, evaluator(state.params, data.validation))
+            if state.steps_done % outputs.checkpoint_every == 0:
+                save()
+    except KeyboardInterrupt:
+        interrupted, stop_reason = True, "interrupted"
+    finally:
+        log.close()
+    save()
+
+    if not interrupted and (not log.history or log.history[-1]["step"] != state.steps_done):
+        log.evaluation(state.steps_done, evaluator(state.params, data.validation))
+    test = evaluator(state.params, data.test) if not interrupted else (math.nan, math.nan)
+    summary = _summary(config, data, plan, sampler, tracker, clipping, log.history, test)
+    summary |= {
+        "steps": state.steps_done,
+        "stop_reason": stop_reason,
+        "seed": _resume.seed_note(config.seed, outputs.checkpoint),
+        "wall_seconds": time.perf_counter() - start,
+    }
+    if outputs.json_out is not None:
+        outputs.json_out.write_text(json.dumps(_finite_or_none(summary), indent=2) + "\n")
+    if interrupted:
+        raise KeyboardInterrupt(
+            f"interrupted after {state.steps_done} steps; epsilon spent {summary['epsilon']:.4g}"
+        )
+    return TrainResult(summary=summary, params=state.params, history=log.history)
+
+
+# ----------------------------------------------------------------------- the pieces
+
+
+def _num_classes(data: Dataset) -> int:
+    if data.num_classes is None:
+        raise ValueError(
+            f"dataset {data.name!r} has no num_classes, so no zoo model fits it; pass model= "
+            "(a dpjax.models.FunctionalModel) and loss= for a non-classification objective."
+        )
+    return data.num_classes
+
+
+def _master_seed(config: TrainConfig, resume: dict[str, Any] | None) -> int:
+    """The checkpoint's seed, the explicit one, or a fresh secret 64-bit seed from the OS."""
+    if resume:
+        return resume["seed"]
+    return config.seed if config.seed is not None else dpjax.secret_seed()
+
+
+def _tracker(
+    config: TrainConfig,
+    plan: RunPlan,
+    dataset_size: int,
+    checkpoint: Path | None,
+    resume: dict[str, Any] | None,
+) -> dpjax.PrivacyTracker | None:
+    """The run's account: fresh, or the checkpoint's once it is checked to be this run's."""
+    if config.not_private:
+        return None
+    tracker = dpjax.PrivacyTracker(
+        config.target_epsilon if config.target_epsilon is not None else math.inf,
+        config.delta,
+        plan.sampling_rate,
+        accountant=config.accountant,
+        dataset_size=dataset_size,
+    )
+    if resume and checkpoint is not None:
+        tracker = _resume.resumed_tracker(checkpoint, resume, tracker)
+    return tracker
+
+
+def _losses(apply: Callable, loss: Loss) -> Callable[[PyTree, PyTree], jax.Array]:
+    """`(params, (x, y)) -> (B,)`: the model on the whole batch, the loss per example."""
+
+    def losses_fn(params: PyTree, batch: PyTree) -> jax.Array:
+        x, y = batch
+        return jax.vmap(loss)(apply(params, x), y)
+
+    return losses_fn
+
+
+def _clipper(
+    config: TrainConfig, model: FunctionalModel, loss: Loss, train_split: Split, microbatch: int
+) -> tuple[str, Callable[[PyTree, PyTree, jax.Array], dpjax.ClippedSum]]:
+    """The clipper the configuration asks for: ghost when asked (or 'auto' and possible), else vmap."""
+    losses_fn = _losses(model.apply, loss)
+    if config.not_private:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", dpjax.NotPrivateWarning)  # warned once, in _noisy_mean
+            return "none", dpjax.not_private_grads(losses_fn)
+    if config.clipping != "vmap":
+        probe = (jnp.asarray(train_split.x[:2]), jnp.asarray(train_split.y[:2]))
+        ok = dpjax.ghost.is_ghost_compatible(losses_fn, model.params, probe)
+        if ok:
+            return "ghost", dpjax.ghost.ghost_clipped_grads(losses_fn, l2_norm=config.clip_norm)
+        if config.clipping == "ghost":
+            raise ValueError(
+                f"clipping='ghost' but model={config.model!r} cannot be clipped in one backward "
+                "pass (a parameter outside the ghost layers, or a model that mixes examples); "
+                "pass clipping='vmap' or 'auto'."
+            )
+
+    def one_loss(params: PyTree, example: PyTree) -> jax.Array:
+        x, y = example
+        return loss(model.apply(params, x[None])[0], y)
+
+    grads = dpjax.per_example_grads(one_loss)
+    return "vmap", dpjax.accumulate_clipped_grads(
+        grads, l2_norm=config.clip_norm, microbatch_size=microbatch
+    )
+
+
+def _noisy_mean(config: TrainConfig, plan: RunPlan, key: jax.Array) -> optax.GradientTransformation:
+    """The Gaussian mechanism and the expected-size mean, or the labelled NOT PRIVATE mean."""
+    if config.not_private:
+        warnings.warn(
+            f"{NOT_PRIVATE}: training without clipping or noise.", dpjax.NotPrivateWarning, 3
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", dpjax.NotPrivateWarning)
+            return dpjax.non_private_mean(config.batch_size)
+    return dpjax.noisy_mean(plan.noise_multiplier, config.batch_size, key)
+
+
+def _optimizer(name: str, lr: float) -> optax.GradientTransformation:
+    if name == "adam":
+        return optax.adam(lr)
+    if name == "momentum":
+        return optax.sgd(lr, momentum=0.9)
+    return optax.sgd(lr)
+
+
+def _label(config: TrainConfig) -> str:
+    return NOT_PRIVATE if config.not_private else "DP-SGD"
+
+
+class _Evaluator:
+    """Mean loss (and accuracy for classification) of a split, in chunks (not private)."""
+
+    def __init__(self, apply: Callable, loss: Loss, *, classification: bool, chunk: int = 1000):
+        self.classification, self.chunk = classification, chunk
+
+        @jax.jit
+        def sums(params, x, y):
+            out = apply(params, x)
+            hits = jnp.sum(jnp.argmax(out, axis=-1) == y) if classification else jnp.zeros(())
+            return hits, jnp.sum(jax.vmap(loss)(out, y))
+
+        self.sums = sums
+
+    def __call__(self, params: PyTree, split: Split) -> tuple[float, float]:
+        """`(accuracy or nan, mean loss)` over `split`."""
+        hits, total = 0, 0.0
+        for i in range(0, len(split), self.chunk):
+            h, value = self.sums(params, split.x[i : i + self.chunk], split.y[i : i + self.chunk])
+            hits, total = hits + int(h), total + float(value)
+        n = max(len(split), 1)
+        return (hits / n if self.classification else math.nan), total / n
+
+
+class _Log:
+    """The evaluation history, its JSON-lines log and the progress bar."""
+
+    def __init__(self, path: Path | None, bar: Any, tracker: Any, start: float):
+        self.path, self.bar, self.tracker, self.start = path, bar, tracker, start
+        self.history: list[dict[str, Any]] = []
+
+    def epsilon(self) -> float:
+        return math.inf if self.tracker is None else self.tracker.epsilon_spent()
+
+    def step(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def evaluation(self, step: int, metrics: tuple[float, float]) -> None:
+        accuracy, loss = metrics
+        entry = {
+            "step": step,
+            "epsilon": self.epsilon(),
+            "validation_accuracy": accuracy,
+            "validation_loss": loss,
+            "elapsed_seconds": time.perf_counter() - self.start,
+        }
+        self.history.append(entry)
+        if self.path is not None:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(_finite_or_none(entry)) + "\n")
+        if self.bar is not None:
+            self.bar.set_postfix(
+                step=step,
+                val_loss=f"{loss:.3f}",
+                val_acc=f"{accuracy:.3f}",
+                eps=f"{entry['epsilon']:.3f}" if self.tracker else NOT_PRIVATE,
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _summary(
+    config: TrainConfig,
+    data: Dataset,
+    plan: RunPlan,
+    sampler: dpjax.PoissonSampler,
+    tracker: dpjax.PrivacyTracker | None,
+    clipping: str,
+    history: list[dict[str, Any]],
+    test: tuple[float, float],
+) -> dict[str, Any]:
+    private = not config.not_private
+    return {
+        "private": private,
+        "label": _label(config),
+        "dataset": data.name,
+        "synthetic_data": data.synthetic,
+        "model": config.model,
+        "test_accuracy": test[0],
+        "test_loss": test[1],
+        "validation_accuracy": history[-1]["validation_accuracy"] if history else math.nan,
+        "epsilon": math.inf if tracker is None else tracker.epsilon_spent(),
+        "target_epsilon": config.target_epsilon if private else None,
+        "delta": config.delta if private else None,
+        "noise_multiplier": plan.noise_multiplier,
+        "sampling_rate": plan.sampling_rate,
+        "planned_steps": plan.steps,
+        "steps_note": plan.steps_note,
+        "clip_norm": config.clip_norm if private else None,
+        "batch_size": config.batch_size,
+        "microbatch_size": sampler.microbatch_size,
+        "clipping": clipping,
+        "dataset_size": len(data.train),
+        "accountant": config.accountant if private else None,
+        "optimizer": config.optimizer,
+        "lr": config.lr,
+        "epochs": config.epochs,
+        "device": jax.devices()[0].device_kind,
+        "accounting_state": None if tracker is None else tracker.state_dict(),
+    }
+
+
+def _check_writable(path: str | os.PathLike | None, name: str) -> Path | None:
+    if path is None:
+        return None
+    p = Path(path)
+    parent = p.parent if str(p.parent) else Path(".")
+    if (
+        p.is_dir()
+        or not parent.is_dir()
+        or not os.access(parent, os.W_OK)
+        or (p.exists() and not os.access(p, os.W_OK))
+    ):
+        raise ValueError(
+            f"{name}={str(path)!r} is not a writable file path; pass a path in a writable folder."
+        )
+    return p
+
+
+def _finite_or_none(value):
+    """Strict JSON: NaN/inf become null (a NOT PRIVATE run has no epsilon)."""
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_none(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _progress(total: int, label: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=label, unit="step", dynamic_ncols=True, leave=False)
