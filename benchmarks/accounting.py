@@ -2,8 +2,8 @@
 
 For q = 0.01, sigma = 1.0, delta = 1e-5 and T = 10^2 ... 10^6 steps, measures
 
-* the time of one cold epsilon query (``dpjax.compute_epsilon``; the memo is
-  cleared before every repetition), median/min/max over repetitions;
+* the time of one cold epsilon query (``dpjax.compute_epsilon``), median/min/max
+  over repetitions;
 * the time of one cold calibration (``dpjax.calibrate_noise_multiplier``) to
   half the epsilon that PLD gives at sigma = 1 (so the search has work to do; it
   starts at sigma = 1), and the sigma each accountant finds;
@@ -18,13 +18,21 @@ Usage::
 
 Writes ``benchmarks/results/accounting.json`` and ``accounting.png`` by default.
 Everything runs on the host CPU (accounting is NumPy/dp_accounting, never jitted).
+
+Cold means that dpjax's memo of epsilons (and of one-step PLDs) is empty: every
+repetition runs in a fresh Python process, which first answers one query at
+unrelated parameters (so imports and first-call costs are not timed) and then
+times the query; only public ``dpjax`` names are used.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import pathlib
+import subprocess
 import sys
+import time
 from typing import Any
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -34,51 +42,83 @@ for _path in (HERE, HERE.parent):  # benchmarks/ (common.py) and the repo root (
 
 import common  # noqa: E402
 
-from dpjax import _accounting  # noqa: E402
-
 Q, SIGMA, DELTA = 0.01, 1.0, 1e-5
 ACCOUNTANTS = ("pld", "rdp")
 FULL_STEPS = (10**2, 10**3, 10**4, 10**5, 10**6)
 QUICK_STEPS = (10**2, 10**3, 10**4, 10**5)
+# The untimed first query of every worker: parameters no timed query uses, so the memo
+# stays cold for them (the calibration's search starts at sigma = 1, q stays 0.01).
+WARM_UP = {"noise_multiplier": 2.0, "steps": 10, "sampling_rate": 0.02}
 
 
-def _cold(fn):
-    def run():
-        _accounting._clear_cache()
-        return fn()
+def worker(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Times each job once, in this (fresh) process; returns ``[{"seconds", "value"}]``.
 
-    return run
+    A job is ``{"kind": "query" | "calibrate", "accountant", "steps"}`` (plus
+    ``"target"`` for a calibration). The jobs of one worker must share no memo
+    entry (e.g. one query per accountant), or the later ones would not be cold.
+    """
+    import dpjax
+
+    for acc in ACCOUNTANTS:  # imports and first-call costs, outside the timings
+        dpjax.compute_epsilon(
+            WARM_UP["noise_multiplier"],
+            WARM_UP["steps"],
+            WARM_UP["sampling_rate"],
+            DELTA,
+            accountant=acc,
+        )
+    out = []
+    for job in jobs:
+        acc, steps = job["accountant"], job["steps"]
+        t0 = time.perf_counter()
+        if job["kind"] == "query":
+            value = dpjax.compute_epsilon(SIGMA, steps, Q, DELTA, accountant=acc)
+        else:
+            value = dpjax.calibrate_noise_multiplier(job["target"], Q, steps, DELTA, accountant=acc)
+        out.append({"seconds": time.perf_counter() - t0, "value": value})
+    return out
+
+
+def cold(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Runs :func:`worker` on ``jobs`` in a fresh Python process (an empty memo)."""
+    proc = subprocess.run(
+        [sys.executable, str(pathlib.Path(__file__).resolve()), "--worker", json.dumps(jobs)],
+        capture_output=True,
+        text=True,
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
+        raise RuntimeError(f"accounting worker {jobs} failed (exit {proc.returncode}): {tail}")
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def measure(steps: int, repeats: int) -> dict[str, Any]:
     """One row of the table: query/calibration times and epsilons for both accountants."""
+    import dpjax
+
     row: dict[str, Any] = {"steps": steps}
-    for acc in ACCOUNTANTS:
-        timing, eps = common.time_call(
-            _cold(
-                lambda acc=acc: _accounting.compute_epsilon(SIGMA, steps, Q, DELTA, accountant=acc)
-            ),
-            repeats,
-        )
-        row[acc] = {"epsilon": eps, "query": timing}
-    event = _accounting.dp_sgd_event(SIGMA, steps, Q)
-    row["pld"]["value_discretization_interval"] = _accounting.pld_value_discretization_interval(
-        event
-    )
+    queries = [
+        cold([{"kind": "query", "accountant": acc, "steps": steps} for acc in ACCOUNTANTS])
+        for _ in range(repeats)
+    ]
+    for i, acc in enumerate(ACCOUNTANTS):
+        timing = common.summarize([q[i]["seconds"] for q in queries])
+        row[acc] = {"epsilon": queries[-1][i]["value"], "query": timing}
     target = 0.5 * row["pld"]["epsilon"]
     row["target_epsilon"] = target
-    for acc in ACCOUNTANTS:
-        timing, sigma = common.time_call(
-            _cold(
-                lambda acc=acc: _accounting.calibrate_noise_multiplier(
-                    target, Q, steps, DELTA, accountant=acc
-                )
-            ),
-            1,
-        )
-        row[acc]["calibration"] = timing
+    calibrations = cold(
+        [
+            {"kind": "calibrate", "accountant": acc, "steps": steps, "target": target}
+            for acc in ACCOUNTANTS
+        ]
+    )
+    for acc, result in zip(ACCOUNTANTS, calibrations, strict=True):
+        sigma = result["value"]
+        row[acc]["calibration"] = common.summarize([result["seconds"]])
         row[acc]["calibrated_sigma"] = sigma
-        row[acc]["calibrated_epsilon"] = _accounting.compute_epsilon(
+        row[acc]["calibrated_epsilon"] = dpjax.compute_epsilon(
             sigma, steps, Q, DELTA, accountant=acc
         )
     row["epsilon_ratio_rdp_over_pld"] = row["rdp"]["epsilon"] / row["pld"]["epsilon"]
@@ -122,7 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--json-out", type=pathlib.Path, default=HERE / "results" / "accounting.json"
     )
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker:
+        print("RESULT " + json.dumps(worker(json.loads(args.worker))), flush=True)
+        return 0
 
     grid = QUICK_STEPS if args.quick else FULL_STEPS
     rows = []
@@ -143,10 +187,15 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "accounting",
         "quick": args.quick,
         "config": {"sampling_rate": Q, "noise_multiplier": SIGMA, "delta": DELTA},
+        "warm_up_query": {**WARM_UP, "delta": DELTA},
         "method": (
-            "cold queries (dpjax's epsilon memo cleared before each repetition); query repeats "
-            "3 for T <= 1e4, else 1; calibration run once to half the PLD epsilon at sigma=1.0 "
-            "with rtol=0.01; times in seconds from time.perf_counter on the host CPU"
+            "cold queries: every repetition runs in a fresh Python process (dpjax's epsilon "
+            "memo empty), timed after one untimed query at unrelated parameters (WARM_UP) so "
+            "that imports and first-call costs are not counted; the PLD and RDP query of a "
+            "repetition share a process (they share no memo entry), as do the two "
+            "calibrations; query repeats 3 for T <= 1e4, else 1; calibration run once to half "
+            "the PLD epsilon at sigma=1.0 with rtol=0.01; times in seconds from "
+            "time.perf_counter on the host CPU"
         ),
         "machine": common.machine_description(),
         "rows": rows,

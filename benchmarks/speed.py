@@ -5,13 +5,15 @@ transformer block:
 
 * ``dpjax / non-private``: plain ``jax.grad`` of the mean loss + ``optax.adam``.
 * ``dpjax / dp_sgd``: ``dpjax.per_example_grads`` -> ``dpjax.dp_sgd(optax.adam)``
-  on the full batch of per-example gradients.
-* ``dpjax / microbatch``: ``dpjax.accumulate_clipped_grads`` (microbatches of
-  B/4 under ``lax.scan``) -> ``dpjax.noisy_mean`` -> ``optax.adam``.
-* ``dpjax / ghost``: ``dpjax.ghost_clipped_grads`` (book-keeping ghost
-  clipping: one backward pass, no per-example gradient array) ->
-  ``dpjax.noisy_mean`` -> ``optax.adam``; every model here is built from
-  dpjax's ghost layers (plain layers outside ghost clipping).
+  on the full batch of per-example gradients (the optax form).
+* ``dpjax / microbatch``: ``dpjax.private_update`` with the clipper
+  ``dpjax.accumulate_clipped_grads`` (microbatches of B/4 under ``lax.scan``) and
+  ``optax.chain(dpjax.noisy_mean, optax.adam)``.
+* ``dpjax / ghost``: ``dpjax.private_update`` with the clipper
+  ``dpjax.ghost.ghost_clipped_grads`` (book-keeping ghost clipping: one backward
+  pass, no per-example gradient array) and ``optax.chain(dpjax.noisy_mean,
+  optax.adam)``; every model here is built from dpjax's ghost layers
+  (plain layers outside ghost clipping).
 * ``optax / contrib_dp``: ``optax.contrib.differentially_private_aggregate`` on
   ``vmap``-ed per-example gradients, chained with ``optax.adam``.
 * ``pytorch / non-private``, ``opacus / hooks``, ``opacus / ghost`` when torch
@@ -39,7 +41,8 @@ Usage::
 
 The JSON also holds ``noise_sampler``: the time of one noise draw alone, float32
 ``jax.random.normal`` (5.4-sigma tails) against dpjax's sampler (12.95-sigma tails,
-``dpjax._noise``), on 2e5 and 1e7 coordinates (skip it with ``--no-noise-sampler``).
+through ``dpjax.add_gaussian_noise``), on 2e5 and 1e7 coordinates (skip it with
+``--no-noise-sampler``).
 
 The same script runs unchanged on a GPU (JAX and torch pick it up).
 """
@@ -154,22 +157,22 @@ def transformer_apply(params: dict, tokens, *, heads: int):
     import jax
     import jax.numpy as jnp
 
-    import dpjax
+    from dpjax import ghost
 
     def layer_norm(p, x):
         mean = x.mean(-1, keepdims=True)
         normed = (x - mean) * jax.lax.rsqrt(x.var(-1, keepdims=True) + 1e-5)
-        return dpjax.ghost_scale_shift(normed, p["scale"], p["bias"])
+        return ghost.ghost_scale_shift(normed, p["scale"], p["bias"])
 
     def dense(p, x):
-        return dpjax.ghost_dense(x, p["w"], p["b"])
+        return ghost.ghost_dense(x, p["w"], p["b"])
 
     b, t = tokens.shape
     if t != params["pos"].shape[0]:
         raise ValueError(
             f"tokens have length {t}; the model was built for {params['pos'].shape[0]}."
         )
-    x = dpjax.ghost_scale_shift(dpjax.ghost_embed(tokens, params["embed"]), shift=params["pos"])
+    x = ghost.ghost_scale_shift(ghost.ghost_embed(tokens, params["embed"]), shift=params["pos"])
     q, k, v = jnp.split(dense(params["qkv"], layer_norm(params["ln1"], x)), 3, axis=-1)
     q, k, v = (z.reshape(b, t, heads, -1) for z in (q, k, v))
     att = jax.nn.dot_product_attention(q, k, v)
@@ -190,13 +193,13 @@ def jax_model(model: str, spec: dict[str, Any]):
     if model == "mlp" and tuple(spec.get("hidden", (256,))) != (256,):
         from flax import nnx
 
-        from dpjax._models import MLP, functional
+        from dpjax.models import MLP, functional
 
         fm = functional(
             MLP(spec["input_shape"], spec["num_classes"], spec["hidden"], rngs=nnx.Rngs(0))
         )
         return fm.apply, fm.params
-    from dpjax._models import make_model
+    from dpjax.models import make_model
 
     fm = make_model(model, spec["input_shape"], spec["num_classes"], seed=0)
     return fm.apply, fm.params
@@ -221,12 +224,15 @@ def jax_inputs(model: str, spec: dict[str, Any], batch_size: int):
 def make_jax_step(framework: str, mode: str, apply, batch_size: int, microbatch: int | None = None):
     """Returns ``(step, tx)``, ``step(params, opt_state, x, y, mask) -> (params, opt_state)``.
 
-    ``step`` is not jitted; :func:`time_compiled` jits it.
+    ``step`` is not jitted; :func:`time_compiled` jits it. The DP steps are built
+    from dpjax's public pieces only: ``dp_sgd`` (the optax form), or a clipper
+    joined to ``optax.chain(noisy_mean, adam)`` by ``private_update``.
     """
     import jax
     import optax
 
     import dpjax
+    from dpjax import ghost
 
     lr, c, sigma = DP["learning_rate"], DP["l2_norm"], DP["noise_multiplier"]
     noise_key = jax.random.key(42)
@@ -261,33 +267,26 @@ def make_jax_step(framework: str, mode: str, apply, batch_size: int, microbatch:
             updates, state = tx.update(grads_fn(params, (x, y)), state, params, mask=mask)
             return optax.apply_updates(params, updates), state
 
-    elif (framework, mode) == ("dpjax", "microbatch"):
-        tx = optax.chain(dpjax.noisy_mean(c, sigma, batch_size, key=noise_key), optax.adam(lr))
-        accumulate = dpjax.accumulate_clipped_grads(
-            dpjax.per_example_grads(loss_one),
-            l2_norm=c,
-            microbatch_size=microbatch or max(1, batch_size // 4),
-        )
-
-        def step(params, state, x, y, mask):
-            summed, _ = accumulate(params, (x, y), mask)
-            updates, state = tx.update(summed, state, params)
-            return optax.apply_updates(params, updates), state
-
-    elif (framework, mode) == ("dpjax", "ghost"):
-        tx = optax.chain(dpjax.noisy_mean(c, sigma, batch_size, key=noise_key), optax.adam(lr))
-
-        def losses(params, batch):
-            return optax.softmax_cross_entropy_with_integer_labels(
-                apply(params, batch[0]), batch[1]
+    elif (framework, mode) in (("dpjax", "microbatch"), ("dpjax", "ghost")):
+        tx = optax.chain(dpjax.noisy_mean(sigma, batch_size, key=noise_key), optax.adam(lr))
+        if mode == "microbatch":
+            clipper = dpjax.accumulate_clipped_grads(
+                dpjax.per_example_grads(loss_one),
+                l2_norm=c,
+                microbatch_size=microbatch or max(1, batch_size // 4),
             )
+        else:
 
-        clipped = dpjax.ghost_clipped_grads(losses, l2_norm=c)
+            def losses(params, batch):
+                return optax.softmax_cross_entropy_with_integer_labels(
+                    apply(params, batch[0]), batch[1]
+                )
+
+            clipper = ghost.ghost_clipped_grads(losses, l2_norm=c)
+        update = dpjax.private_update(clipper, tx)
 
         def step(params, state, x, y, mask):
-            summed, _ = clipped(params, (x, y), mask)
-            updates, state = tx.update(summed, state, params)
-            return optax.apply_updates(params, updates), state
+            return update(params, state, (x, y), mask)
 
     elif (framework, mode) == ("optax", "contrib_dp"):
         tx = optax.chain(
@@ -408,7 +407,7 @@ def run_jax_breakdown(cfg: dict[str, Any]) -> dict[str, Any]:
     """Median ms of the pieces of a dpjax DP step, each jitted on its own.
 
     ``grad_mean`` (non-private gradient only), ``per_example_grads``,
-    ``+clip_and_sum``, ``+noise`` (clip + dp_aggregate's noise and scaling),
+    ``+clip_and_sum``, ``+noise`` (clip + ``dp_aggregate``'s noise and scaling),
     ``ghost_clipped_sum`` (book-keeping ghost clipping), and ``full_dp_sgd_step``
     / ``full_ghost_step`` (with noise, Adam and apply). Differences between successive
     pieces estimate each stage's cost (XLA fuses across stages in the full step,
@@ -419,6 +418,7 @@ def run_jax_breakdown(cfg: dict[str, Any]) -> dict[str, Any]:
     import optax
 
     import dpjax
+    from dpjax import ghost
 
     spec = {**SPECS[cfg["model"]], **cfg.get("spec", {})}
     apply, params = jax_model(cfg["model"], spec)
@@ -434,7 +434,7 @@ def run_jax_breakdown(cfg: dict[str, Any]) -> dict[str, Any]:
         return optax.softmax_cross_entropy_with_integer_labels(apply(p, x), y).mean()
 
     grads_fn = dpjax.per_example_grads(loss_one)
-    ghost = dpjax.ghost_clipped_grads(
+    ghost_clipper = ghost.ghost_clipped_grads(
         lambda p, batch: optax.softmax_cross_entropy_with_integer_labels(
             apply(p, batch[0]), batch[1]
         ),
@@ -445,9 +445,9 @@ def run_jax_breakdown(cfg: dict[str, Any]) -> dict[str, Any]:
     pieces = {
         "grad_mean": lambda p, s, x, y, m: jax.grad(loss_mean)(p, x, y),
         "per_example_grads": lambda p, s, x, y, m: grads_fn(p, (x, y)),
-        "+clip_and_sum": lambda p, s, x, y, m: dpjax.clip_and_sum(grads_fn(p, (x, y)), c, m)[0],
+        "+clip_and_sum": lambda p, s, x, y, m: dpjax.clip_and_sum(grads_fn(p, (x, y)), c, m).sum,
         "+noise": lambda p, s, x, y, m: agg.update(grads_fn(p, (x, y)), s, p, mask=m)[0],
-        "ghost_clipped_sum": lambda p, s, x, y, m: ghost(p, (x, y), m)[0],
+        "ghost_clipped_sum": lambda p, s, x, y, m: ghost_clipper(p, (x, y), m).sum,
     }
     out: dict[str, Any] = {}
     for name, fn in pieces.items():
@@ -466,36 +466,44 @@ def run_jax_breakdown(cfg: dict[str, Any]) -> dict[str, Any]:
 
 NOISE_SAMPLER_SIZES = (200_000, 10_000_000)
 NOISE_SAMPLER_METHOD = (
-    "one noise draw alone, each contender one jax.jit function of the key (a fresh key per "
-    "call), synced with block_until_ready; after 2 untimed calls, the contenders alternate "
-    "call by call and the median is taken; 'jax.random.normal' is float32 jax.random.normal "
-    "(the old sampler), 'dpjax' is dpjax._noise._standard_normal (float32)"
+    "one noise draw alone: each contender is one jax.jit function (x, state) -> (x + N(0, 1) "
+    "noise, state) on float32 zeros of the given size, drawing from fold_in(key, count) and "
+    "counting up (fresh noise every call), synced with block_until_ready; after 2 untimed "
+    "calls, the contenders alternate call by call and the median is taken; "
+    "'jax.random.normal' is float32 jax.random.normal (the old sampler), 'dpjax' is "
+    "dpjax.add_gaussian_noise(1.0, key).update (dpjax's sampler, float32)"
 )
 
 
 def run_noise_sampler(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Median ms of one float32 N(0, 1) draw: ``jax.random.normal`` against dpjax's sampler."""
+    """Median ms of one float32 N(0, 1) draw: ``jax.random.normal`` against dpjax's sampler.
+
+    dpjax's sampler is reached through the public ``dpjax.add_gaussian_noise``;
+    the ``jax.random.normal`` contender does the same work around its draw
+    (``fold_in`` of the step count, the add, the count's increment).
+    """
     import jax
     import jax.numpy as jnp
 
-    from dpjax import _noise
+    import dpjax
+
+    noise = dpjax.add_gaussian_noise(1.0, key=jax.random.key(0))
+
+    def plain_normal(x, state):  # the same signature as noise.update
+        z = jax.random.normal(jax.random.fold_in(state.key, state.count), x.shape, jnp.float32)
+        return x + z, state._replace(count=state.count + 1)
 
     rows = []
     for n in cfg["sizes"]:
-        contenders = {
-            "jax.random.normal": jax.jit(
-                lambda key, n=n: jax.random.normal(key, (n,), jnp.float32)
-            ),
-            "dpjax": jax.jit(
-                lambda key, n=n: _noise._standard_normal(key, (n,), jnp.dtype(jnp.float32))
-            ),
-        }
+        x = jnp.zeros((n,), jnp.float32)
+        contenders = {"jax.random.normal": jax.jit(plain_normal), "dpjax": jax.jit(noise.update)}
+        states = {name: noise.init(None) for name in contenders}
         times: dict[str, list[float]] = {name: [] for name in contenders}
         for i in range(2 + cfg["steps"]):
             for name, fn in contenders.items():
-                key = jax.random.key(i)
                 t0 = time.perf_counter()
-                fn(key).block_until_ready()
+                out, states[name] = fn(x, states[name])
+                jax.block_until_ready(out)
                 if i >= 2:
                     times[name].append(time.perf_counter() - t0)
         old, new = (1e3 * statistics.median(times[k]) for k in ("jax.random.normal", "dpjax"))

@@ -68,7 +68,7 @@ import numbers
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from fractions import Fraction
-from typing import Any
+from typing import Any, cast
 
 import dp_accounting
 from dp_accounting.pld import PLDAccountant
@@ -122,8 +122,8 @@ def _phases(noise_multipliers: float | Sequence[float], steps: int | Sequence[in
     """Validates and pairs noise multipliers with step counts."""
     sigmas_seq = not isinstance(noise_multipliers, numbers.Real)
     steps_seq = not isinstance(steps, numbers.Integral)
-    sigmas = list(noise_multipliers) if sigmas_seq else [noise_multipliers]
-    counts = list(steps) if steps_seq else [steps]
+    sigmas: list[Any] = list(cast(Any, noise_multipliers)) if sigmas_seq else [noise_multipliers]
+    counts: list[Any] = list(cast(Any, steps)) if steps_seq else [steps]
     if not sigmas:
         raise ValueError("noise_multipliers=[] is empty; pass one value per phase, e.g. 1.1.")
     if not counts:
@@ -402,7 +402,10 @@ def _step_points(sigma: float, q: float, interval: float) -> int:
         bounds = _pl_mechanism.GaussianPrivacyLoss(
             sigma, sampling_prob=q, adjacency_type=adjacency
         ).connect_dots_bounds()
-        points += (bounds.epsilon_upper - bounds.epsilon_lower) / interval + 2
+        upper, lower = bounds.epsilon_upper, bounds.epsilon_lower
+        if upper is None or lower is None:
+            return _PLD_MAX_POINTS + 1
+        points += (upper - lower) / interval + 2
     return math.ceil(points) if math.isfinite(points) else _PLD_MAX_POINTS + 1
 
 
@@ -437,7 +440,7 @@ def _composed_points(step: _pld.PrivacyLossDistribution, count: int) -> int:
     points = 0
     for pmf in pmfs:
         probs = pmf.to_dense_pmf()._probs
-        lo, hi = _pld_common.compute_self_convolve_bounds(probs, count, 1e-15)
+        lo, hi = _pld_common.compute_self_convolve_bounds(cast(Any, probs), count, 1e-15)
         points += hi - lo + 1
     return points
 
@@ -676,7 +679,8 @@ def _search_steps(eps: Callable[[int], float], target: float) -> int:
         return 0
     # Exponential search, extrapolating with the local log-log slope.
     hi, e_hi = None, math.inf
-    prev_t, prev_e = None, None
+    prev_t: int | None = None
+    prev_e = math.nan
     while hi is None:
         guess = None
         if prev_t is not None:

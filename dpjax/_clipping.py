@@ -137,7 +137,7 @@ def per_example_global_norms(grads: PyTree) -> jax.Array:
     _per_example.batch_size(grads)
 
     def sq(g: jax.Array) -> jax.Array:
-        g = g.astype(jnp.promote_types(g.dtype, jnp.float32))
+        g = g.astype(_validation.at_least_float32(g.dtype))
         return jnp.sum(jnp.square(g).reshape(g.shape[0], -1), axis=1)
 
     return jnp.sqrt(sum(sq(g) for g in jax.tree.leaves(grads)))
@@ -190,7 +190,7 @@ def clip_and_sum_unchecked(
     scale, keep, stats = clip_weights(per_example_global_norms(grads), l2_norm, real)
 
     def clip_sum(g: jax.Array) -> jax.Array:
-        acc = jnp.promote_types(g.dtype, jnp.float32)
+        acc = _validation.at_least_float32(g.dtype)
         kept = jnp.where(keep.reshape((b,) + (1,) * (g.ndim - 1)), g, 0).astype(acc)
         # Kept in (at least) float32: rounding the sum back to bf16/fp16 could push one
         # example's contribution above C, and noise must be drawn in float32 too.
@@ -345,7 +345,7 @@ def not_private_grads(
             return jnp.sum(jnp.where(real, losses_fn(p, batch), 0.0))
 
         grads = jax.tree.map(
-            lambda g: g.astype(jnp.promote_types(g.dtype, jnp.float32)), jax.grad(total)(params)
+            lambda g: g.astype(_validation.at_least_float32(g.dtype)), jax.grad(total)(params)
         )
         zero = jnp.zeros((), jnp.int32)
         return ClippedSum(grads, ClipStats(zero, zero), float("inf"))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import flax.linen as nn
 import flax.nnx as nnx
@@ -66,14 +66,14 @@ class _MatmulGrads:
             sq, self.per_example = per_example_map(one, (x, gs), 4 * (t * (k + o) + k * o))
         else:
 
-            def one(example):
+            def one_bound(example):
                 xi, gi = example
                 rows = to_rows(xi[None])[0]
                 norms = jnp.linalg.norm(rows, axis=1), jnp.linalg.norm(gi, axis=1)
                 grams = _matmul(rows, rows.T), _matmul(gi, gi.T)
                 return _gram_upper_bound(*grams, *norms, k, o)
 
-            sq = per_example_map(one, (x, gs), 4 * (t * (k + o) + 2 * t * t))
+            sq = per_example_map(one_bound, (x, gs), 4 * (t * (k + o) + 2 * t * t))
         self.sq_norms = sq if self.bias is None else sq + jnp.sum(self.bias**2, axis=1)
 
     def weighted_sum(self, w, keep):
@@ -141,6 +141,9 @@ def ghost_dense(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None) 
     therefore index examples, and the layer must not mix them.
     """
     k, b = layer_params(kernel, bias)
+    assert k is not None  # a dense layer always has a kernel
+    if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+        x = jnp.asarray(x, k.dtype)  # integer inputs (pixels, counts) enter as the kernel's dtype
     out = jnp.matmul(x, k)
     if b is not None:
         out = out + b.reshape((1,) * (out.ndim - 1) + (-1,))
@@ -159,7 +162,7 @@ def ghost_conv(
     bias: jax.Array | None = None,
     *,
     strides: int | Sequence[int] = 1,
-    padding: str | int | Sequence[int] | Sequence[tuple[int, int]] = "SAME",
+    padding: str | int | Sequence[int | tuple[int, int]] = "SAME",
     kernel_dilation: int | Sequence[int] = 1,
 ) -> jax.Array:
     """Channels-last convolution (`lax.conv_general_dilated`), ghost-clipping aware.
@@ -284,7 +287,9 @@ def _explicit_padding(padding, spatial, window, strides, dilation) -> list[tuple
                 "explicit pads (pad the input yourself for circular or reflect padding)."
             )
         dilated = [(k - 1) * d + 1 for k, d in zip(window, dilation, strict=True)]
-        return [tuple(p) for p in lax.padtype_to_pads(spatial, dilated, strides, padding.upper())]
+        return [
+            (lo, hi) for lo, hi in lax.padtype_to_pads(spatial, dilated, strides, padding.upper())
+        ]
     if isinstance(padding, int):
         return [(padding, padding)] * n
     pads = [(p, p) if isinstance(p, int) else tuple(p) for p in padding]
@@ -344,6 +349,7 @@ def ghost_embed(tokens: jax.Array, table: jax.Array) -> jax.Array:
       Differentially Private Learners", ICLR 2022 (ghost clipping of embeddings).
     """
     (used_table,) = layer_params(table)
+    assert used_table is not None  # `table` is an array, so its used version is too
     out = jnp.take(used_table, tokens, axis=0)
 
     def table_grad(t, g):
@@ -368,8 +374,9 @@ class _ScaleShiftGrads:
             jnp.sum(g * x, axis=axes) if has_scale else None,  # (B, *param_shape)
             jnp.sum(g, axis=axes) if has_shift else None,
         )
-        self.sq_norms = sum(
-            jnp.sum(p**2, axis=tuple(range(1, p.ndim))) for p in self.grads if p is not None
+        self.sq_norms = cast(  # an array: ghost_scale_shift requires scale or shift
+            jax.Array,
+            sum(jnp.sum(p**2, axis=tuple(range(1, p.ndim))) for p in self.grads if p is not None),
         )
 
     def weighted_sum(self, w, keep):
@@ -409,7 +416,7 @@ def ghost_scale_shift(
     materialized and clipped with the rest.
     """
     params = [p for p in (scale, shift) if p is not None]
-    shape = params[0].shape if params else None
+    shape: tuple[int, ...] = params[0].shape if params else ()  # () only if `fits` is False
     fits = bool(params) and all(p.shape == shape for p in params)
     if not fits or len(shape) >= x.ndim or x.shape[x.ndim - len(shape) :] != shape:
         raise ValueError(

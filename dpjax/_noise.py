@@ -110,7 +110,7 @@ def _first_true(mask: jax.Array, size: int) -> jax.Array:
     bits = jnp.pad(mask, (0, 32 * blocks - n)).reshape(blocks, 32).astype(jnp.uint32)
     word = jnp.sum(bits << lane, axis=1, dtype=jnp.uint32)  # bit j: mask[32 b + j]
     count = lax.population_count(word).astype(jnp.int32)
-    end = jnp.cumsum(count)  # True entries in blocks 0..b
+    end = jnp.cumsum(count, dtype=jnp.int32)  # True entries in blocks 0..b
     slot = jnp.arange(size, dtype=jnp.int32)
     block = jnp.searchsorted(end, slot, side="right", method="scan").astype(jnp.int32)
     safe = jnp.minimum(block, blocks - 1)
@@ -118,7 +118,8 @@ def _first_true(mask: jax.Array, size: int) -> jax.Array:
     w = word[safe][:, None]
     before = lax.population_count(w & ((jnp.uint32(1) << lane) - 1)).astype(jnp.int32)
     hit = (((w >> lane) & 1) == 1) & (before == rank[:, None])
-    return jnp.where(block < blocks, safe * 32 + jnp.argmax(hit, axis=1), n).astype(jnp.int32)
+    first = jnp.argmax(hit, axis=1).astype(jnp.int32)
+    return jnp.where(block < blocks, safe * 32 + first, n).astype(jnp.int32)
 
 
 def _leading_zeros(words: jax.Array) -> jax.Array:
@@ -199,7 +200,7 @@ def _normals_like(key: jax.Array, leaves: list[jax.Array]) -> list[jax.Array]:
     leaves there are. A bf16/fp16 normal would have a few hundred distinct values
     and |z| < 3, which breaks the Gaussian mechanism; hence at least float32.
     """
-    dtypes = [jnp.promote_types(jnp.result_type(g), jnp.float32) for g in leaves]
+    dtypes = [_validation.at_least_float32(jnp.result_type(g)) for g in leaves]
     groups = sorted(set(dtypes), key=str)
     out: list[Any] = [None] * len(leaves)
     for group_key, dtype in zip(jax.random.split(key, len(groups)), groups, strict=True):
@@ -280,6 +281,12 @@ def add_gaussian_noise(stddev: float, key: jax.Array) -> optax.GradientTransform
 
     def update_fn(updates, state, params=None):
         del params
+        if isinstance(updates, _clipping.ClippedSum):
+            raise ValueError(
+                "add_gaussian_noise got a dpjax.ClippedSum: privatize it with "
+                "dpjax.gaussian_mechanism(noise_multiplier, key) (or dpjax.noisy_mean), which "
+                "reads its sensitivity; a stddev given here could disagree with the clip norm."
+            )
         leaves, treedef = jax.tree.flatten(updates)
         coordinates = sum(math.prod(jnp.shape(g)) for g in leaves)
         if coordinates > MAX_NOISE_COORDINATES:
@@ -291,7 +298,7 @@ def add_gaussian_noise(stddev: float, key: jax.Array) -> optax.GradientTransform
         noise = _normals_like(jax.random.fold_in(state.key, state.count), leaves)
         noisy = [jnp.asarray(g, z.dtype) + std * z for g, z in zip(leaves, noise, strict=True)]
         return jax.tree.unflatten(treedef, noisy), GaussianNoiseState(
-            count=optax.safe_increment(state.count), key=state.key
+            count=jnp.asarray(optax.safe_increment(state.count)), key=state.key
         )
 
     return optax.GradientTransformation(init_fn, update_fn)

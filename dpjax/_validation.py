@@ -207,6 +207,15 @@ def check_nonnegative_int(value: int, name: str, example: str = "0") -> int:
     return int(value)
 
 
+def at_least_float32(dtype: jax.typing.DTypeLike) -> jnp.dtype:
+    """float64 for float64 inputs, else float32: the dtype sums and noise are computed in.
+
+    Written out rather than `jnp.promote_types(dtype, float32)`, which strict dtype
+    promotion refuses for bfloat16 and float16.
+    """
+    return jnp.dtype(jnp.float64) if jnp.dtype(dtype) == jnp.float64 else jnp.dtype(jnp.float32)
+
+
 def check_mask(mask: object, batch_size: int, shapes: object) -> jax.Array:
     """Returns `mask` as a boolean `(batch_size,)` array (trace time).
 

@@ -55,6 +55,7 @@ def test_huge_clip_and_non_private_mode_reproduce_the_plain_mean_gradient():
     np.testing.assert_allclose(out, mean_grad, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.standard_promotion  # optax.adam promotes its int32 step count
 def test_dp_sgd_with_adam_is_one_line_and_jits():
     params = {"w": jnp.zeros((3, 2)), "b": jnp.zeros(2)}
     tx = dpjax.dp_sgd(
@@ -135,6 +136,7 @@ def test_the_noise_stage_refuses_anything_but_a_clipped_sum():
         tx.update(s, tx.init(None))
 
 
+@pytest.mark.standard_promotion
 def test_a_clipped_sum_without_noise_cannot_be_applied_to_the_parameters():
     tx = optax.chain(dpjax.clip_per_example(1.0), optax.sgd(0.1))  # the noise left out
     params = {"w": jnp.zeros(3)}
@@ -153,3 +155,9 @@ def test_every_clipper_carries_its_clip_norm_as_sensitivity():
     assert tx.update(grads(w, x), tx.init(w), mask=mask)[0].sensitivity == 0.4
     acc = dpjax.accumulate_clipped_grads(grads, l2_norm=0.5, microbatch_size=2)
     assert jax.jit(acc)(w, x, mask).sensitivity == 0.5
+
+
+def test_the_raw_noise_primitive_refuses_a_clipped_sum():
+    tx = dpjax.add_gaussian_noise(1.0, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="gaussian_mechanism"):
+        tx.update(_clipped(1.0, dim=3), tx.init(None))

@@ -1,7 +1,8 @@
-"""Smoke tests of benchmarks/speed.py and benchmarks/scaling.py (tiny shapes, a few seconds)."""
+"""Smoke tests of the benchmarks (tiny shapes): speed.py, scaling.py, accounting.py."""
 
 from __future__ import annotations
 
+import ast
 import importlib
 import math
 import pathlib
@@ -14,11 +15,13 @@ import optax
 import pytest
 
 import dpjax
+from dpjax import ghost
 
 BENCH = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCH))
 speed = importlib.import_module("speed")
 scaling = importlib.import_module("scaling")
+accounting = importlib.import_module("accounting")
 
 TINY = {
     "mlp": {"input_shape": (28, 28, 1), "num_classes": 10, "hidden": (8,)},
@@ -45,6 +48,22 @@ def test_jax_step_runs_jitted_and_changes_params(framework, mode, model):
     assert all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(new_params))
 
 
+def test_dp_paths_take_the_same_step_from_the_same_noise_key():
+    # dp_sgd (optax form), microbatch and ghost (private_update) clip to the same sum and
+    # draw the same noise (same key, same count): one mechanism, three clippers.
+    spec = TINY["mlp"]
+    apply, params = speed.jax_model("mlp", spec)
+    x, y = speed.jax_inputs("mlp", spec, 8)
+    mask = jnp.ones(8, bool)
+    new = {}
+    for mode in ("dp_sgd", "microbatch", "ghost"):
+        step, tx = speed.make_jax_step("dpjax", mode, apply, 8, microbatch=4)
+        new[mode], _ = jax.jit(step)(params, tx.init(params), x, y, mask)
+    for mode in ("microbatch", "ghost"):
+        for a, b in zip(jax.tree.leaves(new[mode]), jax.tree.leaves(new["dp_sgd"]), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=mode)
+
+
 def test_transformer_is_per_example_independent():
     spec = TINY["transformer"]
     apply, params = speed.jax_model("transformer", spec)
@@ -67,7 +86,7 @@ def test_transformer_ghost_clipping_equals_vmap_clipping():
         return losses(p, (example[0][None], example[1][None]))[0]
 
     real = jnp.ones(6, bool)
-    got = jax.jit(dpjax.ghost_clipped_grads(losses, l2_norm=0.01))(params, (x, y), real).sum
+    got = jax.jit(ghost.ghost_clipped_grads(losses, l2_norm=0.01))(params, (x, y), real).sum
     want = jax.jit(
         lambda p, b: dpjax.clip_and_sum(dpjax.per_example_grads(one)(p, b), 0.01, real).sum
     )(params, (x, y))
@@ -109,6 +128,66 @@ def test_torch_models_have_the_jax_param_counts():
         _, params = speed.jax_model(model, spec)
         net = _torch_baselines._build_model(model, spec)
         assert sum(p.numel() for p in net.parameters()) == speed.num_params(params), model
+
+
+def test_noise_sampler_record_times_both_samplers():
+    rec = speed.run_noise_sampler({"sizes": [1000], "steps": 2})
+    [row] = rec["rows"]
+    assert row["coordinates"] == 1000 and row["calls_timed"] == 2
+    assert row["jax_random_normal_median_ms"] > 0 and row["dpjax_median_ms"] > 0
+    assert (
+        row["ratio_dpjax_over_normal"]
+        == row["dpjax_median_ms"] / row["jax_random_normal_median_ms"]
+    )
+
+
+def test_accounting_worker_answers_cold_queries_and_calibrations():
+    eps = dpjax.compute_epsilon(accounting.SIGMA, 20, accounting.Q, accounting.DELTA)
+    query, calibration = accounting.worker(
+        [
+            {"kind": "query", "accountant": "pld", "steps": 20},
+            {"kind": "calibrate", "accountant": "rdp", "steps": 20, "target": eps},
+        ]
+    )
+    assert query["value"] == eps and query["seconds"] > 0
+    rdp_eps = dpjax.compute_epsilon(
+        calibration["value"], 20, accounting.Q, accounting.DELTA, accountant="rdp"
+    )
+    assert 0.98 * eps <= rdp_eps <= eps
+
+
+def _private_dpjax_names(path: pathlib.Path) -> list[str]:
+    """Every `dpjax._x` a file imports or reads as an attribute (ARCHITECTURE.md rule 5)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name.startswith("dpjax.")]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dpjax"):
+            found += [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            if node.value.id in ("dpjax", "ghost", "models", "data", "training"):
+                found.append(f"{node.value.id}.{node.attr}")
+
+    def private(part: str) -> bool:
+        return part.startswith("_") and not part.startswith("__")  # dunders are public
+
+    return sorted({name for name in found if any(private(p) for p in name.split(".")[1:])})
+
+
+def test_benchmarks_use_only_public_dpjax_names():
+    scripts = sorted(BENCH.glob("*.py"))
+    assert {p.name for p in scripts} >= {"speed.py", "accounting.py", "utility.py"}
+    offenders = {p.name: _private_dpjax_names(p) for p in scripts}
+    assert not {k: v for k, v in offenders.items() if v}, offenders
+
+
+def test_private_name_check_catches_a_private_import(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        "from dpjax import _noise\nimport dpjax\ndpjax._accounting._clear_cache()\n"
+        "print(dpjax.__version__)\n"
+    )
+    assert _private_dpjax_names(bad) == ["dpjax._accounting", "dpjax._noise"]
 
 
 def test_quick_plans_are_small():

@@ -257,7 +257,7 @@ def train(
             new = step(state.params, state.opt_state, x_all, y_all, batch.indices, batch.mask)
             # Checked and recorded BEFORE the new parameters leave the step: a refused or
             # interrupted step's output is discarded (nothing released).
-            if tracker is not None:
+            if tracker is not None and release is not None:
                 try:
                     tracker.record(release)
                 except dpjax.BudgetExceededError:

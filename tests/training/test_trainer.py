@@ -143,7 +143,7 @@ def test_unwritable_json_out_fails_before_any_training(monkeypatch, tmp_path):
     def boom(*a, **k):
         raise AssertionError("training started")
 
-    monkeypatch.setattr(_trainer._datasets, "load_dataset", boom)
+    monkeypatch.setattr(_trainer, "load_dataset", boom)
     with pytest.raises(ValueError, match="json_out="):
         dpjax.training.train(_cfg(), json_out=tmp_path / "missing-dir" / "s.json", progress=False)
 
