@@ -11,8 +11,7 @@ from dp_accounting.rdp import RdpAccountant
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dpjax import _accounting
-from dpjax import BudgetExceededError, PrivacyTracker
+from dpjax import BudgetExceededError, PrivacyTracker, _accounting
 from dpjax._accounting import (
     calibrate_noise_multiplier,
     compute_epsilon,

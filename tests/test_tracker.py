@@ -27,7 +27,10 @@ def _rdp_to_dp(rdp, delta):
     """Epsilon from RDP curves (Balle et al. 2020, Prop. 12; the conversion dp-accounting uses)."""
     return max(
         0.0,
-        min(r + math.log1p(-1 / a) - math.log(delta * a) / (a - 1) for a, r in zip(ORDERS, rdp, strict=True)),
+        min(
+            r + math.log1p(-1 / a) - math.log(delta * a) / (a - 1)
+            for a, r in zip(ORDERS, rdp, strict=True)
+        ),
     )
 
 

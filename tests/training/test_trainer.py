@@ -477,9 +477,7 @@ def test_the_trainers_step_is_the_public_pieces():
     )  # fmt: skip
     got = dpjax.training.train(cfg, dataset=data, model=model, loss=loss, progress=False)
     n = len(data.train)
-    sampler = dpjax.PoissonSampler(
-        n, expected_batch_size=64, seed=dpjax.derive_seed(123, 2)
-    )
+    sampler = dpjax.PoissonSampler(n, expected_batch_size=64, seed=dpjax.derive_seed(123, 2))
     grads = dpjax.per_example_grads(lambda p, ex: loss(model.apply(p, ex[0][None])[0], ex[1]))
     clipper = dpjax.accumulate_clipped_grads(
         grads, l2_norm=1.0, microbatch_size=sampler.microbatch_size
@@ -490,7 +488,9 @@ def test_the_trainers_step_is_the_public_pieces():
     params, state = model.params, tx.init(model.params)
     for t in range(3):
         b = sampler.sample(t)
-        params, state = update(params, state, (data.train.x[b.indices], data.train.y[b.indices]), b.mask)
+        params, state = update(
+            params, state, (data.train.x[b.indices], data.train.y[b.indices]), b.mask
+        )
     for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(params), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
