@@ -133,7 +133,7 @@ def ghost_dense(x: jax.Array, kernel: jax.Array, bias: jax.Array | None = None) 
 
     Example:
       >>> import jax.numpy as jnp, dpjax
-      >>> dpjax.ghost_dense(jnp.ones((2, 3)), jnp.ones((3, 4)), jnp.zeros(4)).shape
+      >>> dpjax.ghost.ghost_dense(jnp.ones((2, 3)), jnp.ones((3, 4)), jnp.zeros(4)).shape
       (2, 4)
 
     **Privacy:** inside :func:`ghost_clipped_grads` the layer's `kernel` and
@@ -184,7 +184,7 @@ def ghost_conv(
 
     Example:
       >>> import jax.numpy as jnp, dpjax
-      >>> dpjax.ghost_conv(jnp.ones((2, 8, 8, 1)), jnp.ones((3, 3, 1, 4)), strides=2).shape
+      >>> dpjax.ghost.ghost_conv(jnp.ones((2, 8, 8, 1)), jnp.ones((3, 3, 1, 4)), strides=2).shape
       (2, 4, 4, 4)
 
     **Privacy:** inside :func:`ghost_clipped_grads` the layer's `kernel` and
@@ -337,7 +337,7 @@ def ghost_embed(tokens: jax.Array, table: jax.Array) -> jax.Array:
 
     Example:
       >>> import jax.numpy as jnp, dpjax
-      >>> dpjax.ghost_embed(jnp.array([[0, 2, 2]]), jnp.eye(3)).shape
+      >>> dpjax.ghost.ghost_embed(jnp.array([[0, 2, 2]]), jnp.eye(3)).shape
       (1, 3, 3)
 
     **Privacy:** inside :func:`ghost_clipped_grads` the table's gradient is
@@ -408,7 +408,7 @@ def ghost_scale_shift(
 
     Example:
       >>> import jax.numpy as jnp, dpjax
-      >>> dpjax.ghost_scale_shift(jnp.ones((2, 4, 3)), jnp.full(3, 2.0), jnp.zeros(3))[0, 0]
+      >>> dpjax.ghost.ghost_scale_shift(jnp.ones((2, 4, 3)), jnp.full(3, 2.0), jnp.zeros(3))[0, 0]
       Array([2., 2., 2.], dtype=float32)
 
     **Privacy:** inside :func:`ghost_clipped_grads` the per-example gradients
@@ -452,7 +452,7 @@ class GhostLinear(nnx.Linear):
 
     Example:
       >>> import flax.nnx as nnx, jax.numpy as jnp, dpjax
-      >>> dpjax.GhostLinear(3, 2, rngs=nnx.Rngs(0))(jnp.ones((5, 3))).shape
+      >>> dpjax.ghost.GhostLinear(3, 2, rngs=nnx.Rngs(0))(jnp.ones((5, 3))).shape
       (5, 2)
     """
 
@@ -487,7 +487,7 @@ class GhostConv(nnx.Conv):
 
     Example:
       >>> import flax.nnx as nnx, jax.numpy as jnp, dpjax
-      >>> dpjax.GhostConv(1, 4, (3, 3), rngs=nnx.Rngs(0))(jnp.ones((2, 8, 8, 1))).shape
+      >>> dpjax.ghost.GhostConv(1, 4, (3, 3), rngs=nnx.Rngs(0))(jnp.ones((2, 8, 8, 1))).shape
       (2, 8, 8, 4)
     """
 
@@ -528,7 +528,7 @@ class GhostEmbed(nnx.Embed):
 
     Example:
       >>> import flax.nnx as nnx, jax.numpy as jnp, dpjax
-      >>> dpjax.GhostEmbed(10, 4, rngs=nnx.Rngs(0))(jnp.array([[1, 2, 3]])).shape
+      >>> dpjax.ghost.GhostEmbed(10, 4, rngs=nnx.Rngs(0))(jnp.array([[1, 2, 3]])).shape
       (1, 3, 4)
     """
 
@@ -555,7 +555,7 @@ class GhostLayerNorm(nnx.LayerNorm):
 
     Example:
       >>> import flax.nnx as nnx, jax.numpy as jnp, dpjax
-      >>> dpjax.GhostLayerNorm(4, rngs=nnx.Rngs(0))(jnp.arange(8.0).reshape(2, 4)).shape
+      >>> dpjax.ghost.GhostLayerNorm(4, rngs=nnx.Rngs(0))(jnp.arange(8.0).reshape(2, 4)).shape
       (2, 4)
     """
 
@@ -592,7 +592,7 @@ class GhostDense(nn.Dense):
 
     Example:
       >>> import jax, jax.numpy as jnp, dpjax
-      >>> layer = dpjax.GhostDense(2)
+      >>> layer = dpjax.ghost.GhostDense(2)
       >>> variables = layer.init(jax.random.key(0), jnp.ones((1, 3)))
       >>> layer.apply(variables, jnp.ones((5, 3))).shape
       (5, 2)

@@ -161,7 +161,7 @@ class LaplaceRelease(Release):
     Example:
       >>> import dpjax
       >>> dpjax.LaplaceRelease(noise_multiplier=2.0).dp_event()
-      LaplaceDpEvent(parameter=2.0)
+      LaplaceDpEvent(noise_multiplier=2.0)
 
     **Privacy:** true only if the scale is `noise_multiplier` times the L1
     sensitivity of the released value (1 for a count).

@@ -28,7 +28,12 @@ def rtol_for(dtype) -> float:
 # cannot hide in clipping, noise or accounting. Tests that run optax optimizers (adam's bias
 # correction promotes its int32 step count implicitly) and the end-to-end consumers run with
 # JAX's standard promotion; a mechanism test that needs it says so with a marker.
-_CONSUMER_TESTS = {"test_readme.py", "test_notebooks.py", "test_benchmarks_smoke.py"}
+_CONSUMER_TESTS = {
+    "test_readme.py",
+    "test_notebooks.py",
+    "test_benchmarks_smoke.py",
+    "test_docstrings.py",
+}
 
 
 @pytest.fixture(autouse=True)
