@@ -12,7 +12,7 @@ import pytest
 import dpjax
 import dpjax.training
 from dpjax import _random
-from dpjax.training import SUMMARY_FIELDS, _checkpoint, _trainer
+from dpjax.training import SUMMARY_FIELDS, _checkpoint, _resume, _trainer
 
 
 @pytest.fixture(scope="module")
@@ -337,7 +337,7 @@ def test_checkpoint_fingerprints_the_data_with_a_keyed_hash_only(digits, tmp_pat
         plain.update(np.ascontiguousarray(array).tobytes())
     assert plain.hexdigest() not in text and "train_sha256" not in text
     # The summary says the seed is in the checkpoint, and the checkpoint is sensitive.
-    assert "sensitive" in _trainer._seed_note(None, ckpt)
+    assert "sensitive" in _resume.seed_note(None, ckpt)
 
 
 def _rewrite_metadata(path, edit):
@@ -364,7 +364,7 @@ def _rewrite_array(path, select, edit):
     [
         (lambda m: m["accounting"].update(target_epsilon=None), "another budget"),
         (lambda m: m.update(accounting=None), "no privacy account"),
-        (lambda m: m["accounting"]["entries"].clear(), "inconsistent"),
+        (lambda m: m["accounting"]["releases"].clear(), "inconsistent"),
         (lambda m: m.update(step=m["step"] - 1), "inconsistent"),
         (lambda m: m.update(seed=m["seed"] + 1), "different run|noise key"),
         (lambda m: m.update(version=1), "version"),
