@@ -4,9 +4,14 @@ The data flow one way, one module per stage:
 
     sampling          PoissonSampler, Batch                                   (_sampling, host)
     per-example grads per_example_grads                                       (_per_example)
-    clip (+ sum)      clip_per_example, clip_and_sum, clip_weights, ClippedSum (_clipping)
+    clip (+ sum)      clip_per_example, clip_and_sum, clip_weights, ClippedSum, (_clipping)
+                      GroupClipNorms (per-layer budgets)
+    sparsify          private_topk, topk_support, random_support,             (_sparsity)
+                      topk_after_noise
     accumulate        accumulate_clipped_grads                                (_accumulation)
+    adaptive clip     adaptive_dp_aggregate (C_t follows a quantile)          (_adaptive)
     noise             gaussian_mechanism, add_gaussian_noise                  (_noise)
+                      NoiseSchedule, calibrate_noise_schedule (sigma_t)      (_schedules)
     normalize + step  noisy_mean, scale_by_expected_batch_size, dp_sgd, private_update
                                                                               (_aggregation)
     account           PrivacyTracker, records (PoissonGaussianSteps, ...),    (_tracker, _releases,
@@ -24,6 +29,9 @@ from dpjax._accounting import dp_sgd_event as dp_sgd_event
 from dpjax._accounting import max_steps as max_steps
 from dpjax._accounting import steps_from_epochs as steps_from_epochs
 from dpjax._accumulation import accumulate_clipped_grads as accumulate_clipped_grads
+from dpjax._adaptive import AdaptiveClipState as AdaptiveClipState
+from dpjax._adaptive import adaptive_dp_aggregate as adaptive_dp_aggregate
+from dpjax._adaptive import effective_noise_multiplier as effective_noise_multiplier
 from dpjax._aggregation import dp_aggregate as dp_aggregate
 from dpjax._aggregation import dp_sgd as dp_sgd
 from dpjax._aggregation import noisy_mean as noisy_mean
@@ -33,6 +41,7 @@ from dpjax._aggregation import private_update as private_update
 from dpjax._aggregation import scale_by_expected_batch_size as scale_by_expected_batch_size
 from dpjax._clipping import ClippedSum as ClippedSum
 from dpjax._clipping import ClipStats as ClipStats
+from dpjax._clipping import GroupClipNorms as GroupClipNorms
 from dpjax._clipping import NotPrivateWarning as NotPrivateWarning
 from dpjax._clipping import clip_and_sum as clip_and_sum
 from dpjax._clipping import clip_per_example as clip_per_example
@@ -56,6 +65,13 @@ from dpjax._releases import PureEpsilonRelease as PureEpsilonRelease
 from dpjax._releases import Release as Release
 from dpjax._sampling import Batch as Batch
 from dpjax._sampling import PoissonSampler as PoissonSampler
+from dpjax._schedules import NoiseSchedule as NoiseSchedule
+from dpjax._schedules import calibrate_noise_schedule as calibrate_noise_schedule
+from dpjax._sparsity import PrivateTopKState as PrivateTopKState
+from dpjax._sparsity import private_topk as private_topk
+from dpjax._sparsity import random_support as random_support
+from dpjax._sparsity import topk_after_noise as topk_after_noise
+from dpjax._sparsity import topk_support as topk_support
 from dpjax._tracker import BudgetExceededError as BudgetExceededError
 from dpjax._tracker import PrivacyTracker as PrivacyTracker
 

@@ -782,6 +782,24 @@ def calibrate_noise_multiplier(
     def eps(sigma: float) -> float:
         return _epsilon_of_event(_phase_event(sigma, steps, q), delta, accountant)
 
+    context = f"sampling_rate={q:g}, steps={steps}, delta={delta:g}, accountant={accountant!r}"
+    return search_noise_multiplier(eps, target_epsilon, rtol, context)
+
+
+def search_noise_multiplier(
+    eps: Callable[[float], float], target_epsilon: float, rtol: float, context: str
+) -> float:
+    """The sigma (or schedule scale) in [0.1, 500] with target(1 - rtol) <= eps(sigma) <= target.
+
+    Host side; `eps` must be non-increasing. Brackets geometrically from 1, then
+    Illinois regula falsi on (log sigma, log eps) with bisection safeguards.
+
+    Raises:
+      ValueError: if the target is unreachable within [0.1, 500] (the message
+        gives the epsilon reached and `context`).
+    """
+    target = float(target_epsilon)
+    floor = target * (1.0 - rtol)
     # Bracket: lo has eps > target (infeasible), hi has eps <= target (feasible).
     sigma = 1.0
     e = eps(sigma)
@@ -798,8 +816,7 @@ def calibrate_noise_multiplier(
                 raise ValueError(
                     f"target_epsilon={target_epsilon!r} is unreachable: even "
                     f"noise_multiplier={SIGMA_MAX:g} gives epsilon={e:.6g} (the smallest "
-                    f"reachable) for sampling_rate={q:g}, steps={steps}, delta={delta:g}, "
-                    f"accountant={accountant!r}. Pass a larger target_epsilon, fewer steps "
+                    f"reachable) for {context}. Pass a larger target_epsilon, fewer steps "
                     f"or a smaller sampling_rate."
                 )
             else:
@@ -819,8 +836,8 @@ def calibrate_noise_multiplier(
                     return sigma
                 if e == 0.0:
                     raise ValueError(
-                        f"delta={delta!r} is so large that even noise_multiplier={SIGMA_MIN:g} "
-                        f"spends epsilon=0 over steps={steps} at sampling_rate={q:g}: a delta "
+                        f"delta is so large that even noise_multiplier={SIGMA_MIN:g} "
+                        f"spends epsilon=0 ({context}): a delta "
                         f"that large is no guarantee. Pass a delta well below 1/dataset_size, "
                         f"e.g. delta=1e-5."
                     )

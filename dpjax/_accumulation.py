@@ -14,7 +14,10 @@ PyTree = Any
 
 
 def accumulate_clipped_grads(
-    grads_fn: Callable[[PyTree, PyTree], PyTree], *, l2_norm: float, microbatch_size: int
+    grads_fn: Callable[[PyTree, PyTree], PyTree],
+    *,
+    l2_norm: _clipping.ClipNorm,
+    microbatch_size: int,
 ) -> Callable[[PyTree, PyTree, jax.Array], _clipping.ClippedSum]:
     """Sums clipped per-example gradients over microbatches with `jax.lax.scan`.
 
@@ -28,7 +31,7 @@ def accumulate_clipped_grads(
     Args:
       grads_fn: per-example gradient function, `grads_fn(params, batch)`, e.g.
         `dpjax.per_example_grads(loss_fn)`.
-      l2_norm: clip norm C.
+      l2_norm: clip norm C, or per-group norms (:class:`dpjax.GroupClipNorms`).
       microbatch_size: rows per microbatch; the batch size must be a multiple
         (:class:`dpjax.PoissonSampler` pads batches to one).
 
@@ -56,7 +59,7 @@ def accumulate_clipped_grads(
     References:
       optax issue #527 and jax_privacy issue #234 discuss the failure modes.
     """
-    c = _validation.check_clip_norm(l2_norm)
+    c = _clipping.check_clip(l2_norm)
     m = _validation.check_positive_int(microbatch_size, "microbatch_size", "64")
 
     def fn(params: PyTree, batch: PyTree, mask: jax.Array) -> _clipping.ClippedSum:

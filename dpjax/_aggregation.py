@@ -43,7 +43,7 @@ def scale_by_expected_batch_size(expected_batch_size: float) -> optax.GradientTr
 
 
 def noisy_mean(
-    noise_multiplier: float, expected_batch_size: float, key: jax.Array
+    noise_multiplier: Any, expected_batch_size: float, key: jax.Array
 ) -> optax.GradientTransformation:
     """Privatizes a :class:`dpjax.ClippedSum`: Gaussian noise on the sum, then the expected-size mean.
 
@@ -54,7 +54,8 @@ def noisy_mean(
     accumulated sum) or :func:`dpjax.ghost.ghost_clipped_grads`.
 
     Args:
-      noise_multiplier: sigma; the noise std is `sigma * sensitivity`.
+      noise_multiplier: sigma; the noise std is `sigma * sensitivity`. Or a
+        :class:`dpjax.NoiseSchedule` (sigma_t at the noise stage's step t).
       expected_batch_size: `q * N`.
       key: PRNG key reserved for the noise (:func:`dpjax.secret_key`).
 
@@ -84,13 +85,14 @@ def noisy_mean(
 
 
 def dp_aggregate(
-    l2_norm: float, noise_multiplier: float, expected_batch_size: float, key: jax.Array
+    l2_norm: Any, noise_multiplier: Any, expected_batch_size: float, key: jax.Array
 ) -> optax.GradientTransformationExtraArgs:
     """Per-example gradients -> clipped sum -> Gaussian noise -> divide by expected size.
 
     Args:
-      l2_norm: clip norm C.
-      noise_multiplier: sigma (noise std sigma * C on the sum).
+      l2_norm: clip norm C, or :class:`dpjax.GroupClipNorms`.
+      noise_multiplier: sigma (noise std sigma * C on the sum), or a
+        :class:`dpjax.NoiseSchedule`.
       expected_batch_size: `q * N`.
       key: PRNG key reserved for the noise.
 
@@ -122,8 +124,8 @@ def dp_aggregate(
 def dp_sgd(
     optimizer: optax.GradientTransformation,
     *,
-    l2_norm: float,
-    noise_multiplier: float,
+    l2_norm: Any,
+    noise_multiplier: Any,
     expected_batch_size: float,
     key: jax.Array,
 ) -> optax.GradientTransformationExtraArgs:
@@ -132,8 +134,8 @@ def dp_sgd(
     Args:
       optimizer: any optax optimizer, e.g. `optax.adam(1e-3)`; it sees only the
         privatized gradient.
-      l2_norm: clip norm C.
-      noise_multiplier: sigma.
+      l2_norm: clip norm C, or :class:`dpjax.GroupClipNorms`.
+      noise_multiplier: sigma, or a :class:`dpjax.NoiseSchedule`.
       expected_batch_size: `q * N`.
       key: PRNG key reserved for the noise.
 

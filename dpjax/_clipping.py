@@ -63,8 +63,14 @@ class ClippedSum:
         least float32.
       stats: :class:`ClipStats` of this sum (diagnostics, NOT private).
       sensitivity: the L2 sensitivity of `sum` under adding or removing one
-        example (C for per-example clipping at C); `inf` only for the NOT
-        PRIVATE sum of :func:`dpjax.non_private_aggregate`.
+        example (C for per-example clipping at C, `sqrt(sum_g C_g**2)` for
+        :class:`GroupClipNorms`); `inf` only for the NOT PRIVATE sum of
+        :func:`dpjax.non_private_aggregate`.
+      support: None (dense), or boolean leaves shaped like `sum`'s: the
+        coordinates every per-example gradient was restricted to BEFORE
+        clipping (:func:`dpjax.private_topk`). The sum is zero elsewhere, and
+        the noise stage noises only these coordinates. It must be public
+        (chosen from released values or independently of the data).
 
     Example:
       >>> import jax.numpy as jnp, dpjax
@@ -80,6 +86,147 @@ class ClippedSum:
     sum: PyTree
     stats: ClipStats
     sensitivity: float = dataclasses.field(metadata={"static": True})
+    support: PyTree | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupClipNorms:
+    """Per-group clip norms: parameters partitioned by a label, group g clipped to `C_g`.
+
+    Pass it wherever a clip norm goes (:func:`clip_and_sum`,
+    :func:`clip_per_example`, :func:`dpjax.accumulate_clipped_grads`,
+    :func:`dpjax.ghost.ghost_clipped_grads`). Each example's gradient restricted
+    to group g is clipped to L2 norm `C_g` (weight `min(1, C_g / ||g_i,g||)`),
+    so the example's whole contribution has norm at most
+    `sqrt(sum_g C_g**2)`: the :attr:`sensitivity` the clipped sum carries to the
+    noise stage.
+
+    Args:
+      norms: `{label: C_g}`, every `C_g` finite and >= 1e-6.
+      labels: the label of every parameter leaf, as in `optax.multi_transform`:
+        a pytree of strings with the parameters' structure, or a function from
+        the parameters (or gradients, same structure) to one.
+
+    Raises:
+      ValueError: if `norms` is empty, a norm is invalid, or `labels` is neither
+        a pytree of strings nor callable; at trace time, if a leaf's label has
+        no norm.
+
+    Example:
+      >>> import jax.numpy as jnp, dpjax
+      >>> clip = dpjax.GroupClipNorms({"w": 3.0, "b": 4.0}, {"w": "w", "b": "b"})
+      >>> clip.sensitivity
+      5.0
+      >>> g = {"w": jnp.array([[30.0]]), "b": jnp.array([[0.5]])}
+      >>> clipped = dpjax.clip_and_sum(g, clip, mask=jnp.ones(1, bool))
+      >>> float(clipped.sum["w"][0]), float(clipped.sum["b"][0])
+      (3.0, 0.5)
+
+    **Privacy:** a row's group norms are each at most `C_g`, so the squares of
+    its group norms sum to at most `sum_g C_g**2 = sensitivity**2` (invariant 1).
+    A row that is non-finite in ANY group contributes zero to every group. The
+    `C_g` must be public (chosen without the data, or from released values).
+
+    References:
+      McMahan, Ramage, Talwar, Zhang, "Learning Differentially Private Recurrent
+      Language Models", ICLR 2018 (per-layer clipping).
+    """
+
+    norms: Any
+    labels: Any
+
+    def __post_init__(self):
+        if not isinstance(self.norms, dict) or not self.norms:
+            raise ValueError(
+                f"norms={self.norms!r} must be a non-empty dict {{label: clip norm}}, e.g. "
+                "{'conv': 0.5, 'dense': 0.5}."
+            )
+        norms = {
+            str(k): _validation.check_clip_norm(v, f"norms[{k!r}]") for k, v in self.norms.items()
+        }
+        object.__setattr__(self, "norms", norms)
+        if not callable(self.labels) and not all(
+            isinstance(v, str) for v in jax.tree.leaves(self.labels)
+        ):
+            raise ValueError(
+                f"labels={self.labels!r} must be a pytree of strings with the parameters' "
+                "structure, or a function params -> such a pytree (as in optax.multi_transform)."
+            )
+
+    @property
+    def sensitivity(self) -> float:
+        """`sqrt(sum_g C_g**2)`: the L2 bound of one example's clipped contribution."""
+        return float(sum(c * c for c in self.norms.values()) ** 0.5)
+
+    def leaf_labels(self, tree: PyTree) -> list[str]:
+        """The label of every leaf of `tree` (params or gradients), in leaf order.
+
+        Raises:
+          ValueError: if the labels do not match the tree or name a group with no norm.
+        """
+        labels = self.labels(tree) if callable(self.labels) else self.labels
+        leaves = jax.tree.leaves(tree)
+        flat = jax.tree.leaves(labels)
+        if len(flat) != len(leaves) or not all(isinstance(v, str) for v in flat):
+            raise ValueError(
+                f"labels give {len(flat)} labels for {len(leaves)} parameter leaves; give one "
+                "string per leaf (a pytree with the parameters' structure)."
+            )
+        unknown = sorted(set(flat) - set(self.norms))
+        if unknown:
+            raise ValueError(
+                f"labels {unknown} have no clip norm in norms={self.norms!r}; add them."
+            )
+        return flat
+
+    @classmethod
+    def equal(cls, l2_norm: float, labels: Any, groups: Any) -> GroupClipNorms:
+        """Every group gets `C / sqrt(G)`, so that the total sensitivity is `C`.
+
+        Args:
+          l2_norm: the total clip norm C.
+          labels: as for the constructor.
+          groups: the group labels (an iterable of strings).
+        """
+        c = _validation.check_clip_norm(l2_norm)
+        names = sorted(set(groups))
+        if not names:
+            raise ValueError("groups is empty; pass the group labels, e.g. ['conv', 'dense'].")
+        return cls({g: c / len(names) ** 0.5 for g in names}, labels)
+
+    @classmethod
+    def by_size(cls, l2_norm: float, labels: Any, params: PyTree) -> GroupClipNorms:
+        """`C_g**2` proportional to the group's parameter count, summing to `C**2`.
+
+        Args:
+          l2_norm: the total clip norm C.
+          labels: as for the constructor.
+          params: the parameters (only their shapes are read: public).
+        """
+        c = _validation.check_clip_norm(l2_norm)
+        cls({"_": 1.0}, labels)  # validates `labels`
+        flat = labels(params) if callable(labels) else labels
+        sizes: dict[str, int] = {}
+        for name, leaf in zip(jax.tree.leaves(flat), jax.tree.leaves(params), strict=True):
+            sizes[name] = sizes.get(name, 0) + int(jnp.size(leaf))
+        total = sum(sizes.values())
+        return cls({g: c * (n / total) ** 0.5 for g, n in sizes.items()}, labels)
+
+
+ClipNorm = float | GroupClipNorms
+"""A clip norm: one global C, or per-group norms (:class:`GroupClipNorms`)."""
+
+
+def check_clip(l2_norm: Any) -> ClipNorm:
+    """Validates a clip norm: a :class:`GroupClipNorms` as is, else a finite C >= 1e-6."""
+    if isinstance(l2_norm, GroupClipNorms):
+        return l2_norm
+    return _validation.check_clip_norm(l2_norm)
+
+
+def sensitivity_of(clip: ClipNorm) -> float:
+    """The L2 sensitivity of a sum clipped with `clip` (C, or sqrt(sum C_g**2))."""
+    return clip.sensitivity if isinstance(clip, GroupClipNorms) else float(clip)
 
 
 def clip_weights(
@@ -143,7 +290,13 @@ def per_example_global_norms(grads: PyTree) -> jax.Array:
     return jnp.sqrt(sum(sq(g) for g in jax.tree.leaves(grads)))
 
 
-def clip_and_sum(grads: PyTree, l2_norm: float, mask: jax.typing.ArrayLike) -> ClippedSum:
+def clip_and_sum(
+    grads: PyTree,
+    l2_norm: ClipNorm,
+    mask: jax.typing.ArrayLike,
+    *,
+    support: PyTree | None = None,
+) -> ClippedSum:
     """Clips each example's gradient to L2 norm <= `l2_norm` and sums over examples.
 
     Row i is scaled by `min(1, l2_norm / ||g_i||)`. Rows with `mask[i] == False`
@@ -154,14 +307,19 @@ def clip_and_sum(grads: PyTree, l2_norm: float, mask: jax.typing.ArrayLike) -> C
 
     Args:
       grads: per-example gradients, every leaf with leading axis B.
-      l2_norm: the clip norm C, finite and >= 1e-6 (a Python number).
+      l2_norm: the clip norm C, finite and >= 1e-6 (a Python number), or
+        per-group norms (:class:`GroupClipNorms`).
       mask: boolean `(B,)`, False for padded rows (a :class:`dpjax.Batch`'s
         `mask`); required, so that padding can never count as an example. Pass
         `jnp.ones(B, bool)` when no row is padded.
+      support: optional boolean pytree shaped like ONE example's gradient:
+        every per-example gradient is restricted to it BEFORE its norm is
+        taken (:func:`dpjax.private_topk`). It must be public.
 
     Returns:
-      A :class:`ClippedSum` with sensitivity `l2_norm`: the sum (structure of
-      one example's gradient) and its :class:`ClipStats`.
+      A :class:`ClippedSum` with sensitivity `l2_norm` (`sqrt(sum C_g**2)` for
+      groups): the sum (structure of one example's gradient), its
+      :class:`ClipStats` and the support.
 
     Raises:
       ValueError: if `l2_norm` is invalid; at trace time, if leading axes
@@ -178,28 +336,105 @@ def clip_and_sum(grads: PyTree, l2_norm: float, mask: jax.typing.ArrayLike) -> C
     at most C (2C for replacement) in L2 norm, whatever its gradient (including
     NaN/inf): this is the sensitivity the Gaussian noise is calibrated to.
     """
-    return clip_and_sum_unchecked(grads, _validation.check_clip_norm(l2_norm), mask)
+    return clip_and_sum_unchecked(grads, check_clip(l2_norm), mask, support=support)
+
+
+def restrict_to_support(grads: PyTree, support: PyTree) -> PyTree:
+    """Zeroes every per-example gradient outside `support` (broadcast over the batch axis)."""
+    if jax.tree.structure(support) != jax.tree.structure(grads):
+        raise ValueError(
+            f"support has structure {jax.tree.structure(support)} but the gradients have "
+            f"{jax.tree.structure(grads)}; give one boolean array per parameter leaf."
+        )
+
+    def restrict(g: jax.Array, s: jax.Array) -> jax.Array:
+        if jnp.shape(s) != jnp.shape(g)[1:]:
+            raise ValueError(
+                f"a support leaf has shape {jnp.shape(s)} but its per-example gradients have "
+                f"{jnp.shape(g)}; the support has the shape of ONE example's gradient."
+            )
+        return jnp.where(jnp.asarray(s, bool)[None], g, jnp.zeros((), g.dtype))
+
+    return jax.tree.map(restrict, grads, support)
+
+
+def group_clip_weights(
+    group_norms: dict[str, jax.Array], clip: GroupClipNorms, real: jax.Array
+) -> tuple[dict[str, jax.Array], jax.Array, ClipStats]:
+    """Clip weights for per-group clipping: group g's from :func:`clip_weights` at `C_g`.
+
+    Args:
+      group_norms: `{label: (B,) norms of the examples' gradients in that group}`.
+      clip: the per-group norms.
+      real: boolean `(B,)`, False for padded rows.
+
+    Returns:
+      `(weights, keep, stats)`: `{label: (B,) weights}`, the rows that
+      contribute (real, and finite in EVERY group) and the :class:`ClipStats`.
+
+    **Privacy:** group g's weight bounds the row's group-g norm by `C_g`; a row
+    non-finite in any group gets weight 0 in all of them.
+    """
+    parts = {g: clip_weights(n, clip.norms[g], real) for g, n in group_norms.items()}
+    keep = real
+    clipped = jnp.zeros_like(real)
+    for g, (_, group_keep, _) in parts.items():
+        keep = keep & group_keep
+        clipped = clipped | (group_keep & (group_norms[g] > clip.norms[g]))
+    stats = ClipStats(
+        num_nonfinite=jnp.sum(real & ~keep).astype(jnp.int32),
+        num_clipped=jnp.sum(keep & clipped).astype(jnp.int32),
+    )
+    return {g: jnp.where(keep, w, 0.0) for g, (w, _, _) in parts.items()}, keep, stats
+
+
+def _group_weights(
+    grads: PyTree, clip: GroupClipNorms, real: jax.Array
+) -> tuple[list[jax.Array], jax.Array, ClipStats]:
+    """Per-leaf clip weights for per-group clipping of per-example gradients."""
+    leaves = jax.tree.leaves(grads)
+    labels = clip.leaf_labels(grads)
+    norms = {
+        group: per_example_global_norms(
+            [x for x, lab in zip(leaves, labels, strict=True) if lab == group]
+        )
+        for group in sorted(set(labels))
+    }
+    weights, keep, stats = group_clip_weights(norms, clip, real)
+    return [weights[label] for label in labels], keep, stats
 
 
 def clip_and_sum_unchecked(
-    grads: PyTree, l2_norm: float, mask: jax.typing.ArrayLike | None
+    grads: PyTree,
+    l2_norm: ClipNorm,
+    mask: jax.typing.ArrayLike | None,
+    *,
+    support: PyTree | None = None,
 ) -> ClippedSum:
     """:func:`clip_and_sum` without validating `l2_norm` (inf allowed: NOT PRIVATE callers)."""
     b = _per_example.batch_size(grads)
     real = _validation.check_mask(mask, b, jax.tree.map(jnp.shape, grads))
-    scale, keep, stats = clip_weights(per_example_global_norms(grads), l2_norm, real)
+    if support is not None:
+        grads = restrict_to_support(grads, support)
+    leaves, treedef = jax.tree.flatten(grads)
+    if isinstance(l2_norm, GroupClipNorms):
+        scales, keep, stats = _group_weights(grads, l2_norm, real)
+    else:
+        scale, keep, stats = clip_weights(per_example_global_norms(grads), l2_norm, real)
+        scales = [scale] * len(leaves)
 
-    def clip_sum(g: jax.Array) -> jax.Array:
+    def clip_sum(g: jax.Array, scale: jax.Array) -> jax.Array:
         acc = _validation.at_least_float32(g.dtype)
         kept = jnp.where(keep.reshape((b,) + (1,) * (g.ndim - 1)), g, 0).astype(acc)
         # Kept in (at least) float32: rounding the sum back to bf16/fp16 could push one
         # example's contribution above C, and noise must be drawn in float32 too.
         return jnp.tensordot(scale.astype(acc), kept, axes=1)
 
-    return ClippedSum(jax.tree.map(clip_sum, grads), stats, l2_norm)
+    summed = [clip_sum(g, w) for g, w in zip(leaves, scales, strict=True)]
+    return ClippedSum(jax.tree.unflatten(treedef, summed), stats, sensitivity_of(l2_norm), support)
 
 
-def clip_per_example(l2_norm: float) -> optax.GradientTransformationExtraArgs:
+def clip_per_example(l2_norm: ClipNorm) -> optax.GradientTransformationExtraArgs:
     """Clips per-example gradients to global L2 norm <= `l2_norm` and sums them.
 
     Input updates are per-example gradients with a leading batch axis (e.g. from
@@ -211,12 +446,15 @@ def clip_per_example(l2_norm: float) -> optax.GradientTransformationExtraArgs:
     be left out by accident.
 
     Args:
-      l2_norm: the clip norm C, finite and > 0.
+      l2_norm: the clip norm C, finite and > 0, or per-group norms
+        (:class:`GroupClipNorms`).
 
     Returns:
       An `optax.GradientTransformationExtraArgs`. Its update requires the
-      keyword `mask` (boolean `(B,)`, False for padded rows). Its state is a
-      :class:`ClipStats` with the counts of the last update.
+      keyword `mask` (boolean `(B,)`, False for padded rows) and accepts
+      `support` (see :func:`clip_and_sum`; :func:`dpjax.private_topk` passes
+      it). Its state is a :class:`ClipStats` with the counts of the last
+      update.
 
     Raises:
       ValueError: if `l2_norm` is not finite and positive; at trace time if the
@@ -239,15 +477,15 @@ def clip_per_example(l2_norm: float) -> optax.GradientTransformationExtraArgs:
       Abadi et al., "Deep Learning with Differential Privacy", CCS 2016.
       https://arxiv.org/abs/1607.00133
     """
-    c = _validation.check_clip_norm(l2_norm)
+    c = check_clip(l2_norm)
 
     def init_fn(params: PyTree) -> ClipStats:
         del params
         return ClipStats(jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
 
-    def update_fn(updates, state, params=None, *, mask=None, **extra_args):
+    def update_fn(updates, state, params=None, *, mask=None, support=None, **extra_args):
         del state, params, extra_args
-        clipped = clip_and_sum_unchecked(updates, c, mask)
+        clipped = clip_and_sum_unchecked(updates, c, mask, support=support)
         return clipped, clipped.stats
 
     # The output is a ClippedSum, not the optimizer-ready pytree optax's type names.

@@ -148,8 +148,8 @@ def keep_rows(keep: jax.Array, v: jax.Array, w: jax.Array | None = None) -> jax.
 
 
 def ghost_clipped_grads(
-    losses_fn: Callable[[PyTree, PyTree], jax.Array], *, l2_norm: float
-) -> Callable[[PyTree, PyTree, jax.typing.ArrayLike], _clipping.ClippedSum]:
+    losses_fn: Callable[[PyTree, PyTree], jax.Array], *, l2_norm: _clipping.ClipNorm
+) -> Callable[..., _clipping.ClippedSum]:
     """Clipped SUM of per-example gradients in one backward pass (book-keeping ghost clipping).
 
     `losses_fn(params, batch)` returns the vector of per-example losses `(B,)`,
@@ -170,7 +170,8 @@ def ghost_clipped_grads(
     Args:
       losses_fn: `(params, batch) -> (B,)` per-example losses; row `i` must
         depend on example `i` alone.
-      l2_norm: clip norm C.
+      l2_norm: clip norm C, or per-group norms (:class:`dpjax.GroupClipNorms`;
+        every ghost layer's parameters must then share one label).
 
     Returns:
       `fn(params, batch, mask) -> ClippedSum`, jittable: the clipped sum, its
@@ -251,10 +252,19 @@ def ghost_clipped_grads(
       Bu, Wang, Zha, Karypis, "Differentially Private Optimization on Large
       Model at Small Cost", ICML 2023 (book-keeping: one backward pass).
     """
-    c = _validation.check_clip_norm(l2_norm)
+    c = _clipping.check_clip(l2_norm)
     probed: set = set()  # the shapes and dtypes of (params, batch) the probe has passed
 
-    def fn(params: PyTree, batch: PyTree, mask: jax.typing.ArrayLike) -> _clipping.ClippedSum:
+    def fn(
+        params: PyTree, batch: PyTree, mask: jax.typing.ArrayLike, support: PyTree = None
+    ) -> _clipping.ClippedSum:
+        if support is not None:
+            raise ValueError(
+                "ghost clipping cannot restrict per-example gradients to a support (top-k): it "
+                "never forms them, and a layer's norm from its inputs and output gradients is the "
+                "norm of the dense gradient. Use dpjax.per_example_grads with "
+                "dpjax.clip_per_example (vmap) for sparse updates."
+            )
         b = _per_example.batch_size(batch)
         mask = _validation.check_mask(mask, b, jax.tree.map(jnp.shape, batch))
         outs, slots, treedef = _discover(losses_fn, params, batch, b)
@@ -277,18 +287,47 @@ def ghost_clipped_grads(
             call.grads(x, g.astype(jnp.float32))  # each rule casts its inputs (tokens stay ints)
             for call, x, g in zip(calls, inputs, out_grads, strict=True)
         ]
-        norms = jnp.sqrt(sum(layer.sq_norms for layer in per_layer))
-        weights, keep, stats = _clipping.clip_weights(norms, c, mask)
+        if isinstance(c, _clipping.GroupClipNorms):
+            groups = _layer_groups(c, params, slots)
+            sq: dict[str, Any] = {}
+            for layer, group in zip(per_layer, groups, strict=True):
+                sq[group] = sq.get(group, 0.0) + layer.sq_norms
+            by_group, keep, stats = _clipping.group_clip_weights(
+                {g: jnp.sqrt(v) for g, v in sq.items()}, c, mask
+            )
+            layer_weights = [by_group[g] for g in groups]
+        else:
+            norms = jnp.sqrt(sum(layer.sq_norms for layer in per_layer))
+            weights, keep, stats = _clipping.clip_weights(norms, c, mask)
+            layer_weights = [weights] * len(per_layer)
         leaves: list = [None] * treedef.num_leaves
-        for layer, layer_slots in zip(per_layer, slots, strict=True):
-            for grad, slot in zip(layer.weighted_sum(weights, keep), layer_slots, strict=True):
+        for layer, layer_slots, w in zip(per_layer, slots, layer_weights, strict=True):
+            for grad, slot in zip(layer.weighted_sum(w, keep), layer_slots, strict=True):
                 if slot is not None:
                     assert grad is not None  # a parameter that is present has a gradient
                     i, shape, dtype = slot
                     leaves[i] = grad.reshape(shape).astype(jnp.promote_types(dtype, jnp.float32))
-        return _clipping.ClippedSum(jax.tree.unflatten(treedef, leaves), stats, c)
+        return _clipping.ClippedSum(
+            jax.tree.unflatten(treedef, leaves), stats, _clipping.sensitivity_of(c)
+        )
 
     return fn
+
+
+def _layer_groups(clip: _clipping.GroupClipNorms, params: PyTree, slots: list) -> list[str]:
+    """The group label of every ghost layer; its parameters must share one."""
+    labels = clip.leaf_labels(params)
+    groups = []
+    for layer_slots in slots:
+        names = {labels[slot[0]] for slot in layer_slots if slot is not None}
+        if len(names) != 1:
+            raise ValueError(
+                f"a ghost layer's parameters carry the labels {sorted(names)}; ghost clipping "
+                "computes one norm per layer, so per-group clipping needs one label per layer. "
+                "Label the layer's kernel and bias alike, or use dpjax.per_example_grads."
+            )
+        groups.append(names.pop())
+    return groups
 
 
 def _check_losses(losses: jax.Array, b: int) -> jax.Array:

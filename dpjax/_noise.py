@@ -220,6 +220,31 @@ def _normals_like(key: jax.Array, leaves: list[jax.Array]) -> list[jax.Array]:
     return out
 
 
+def _noised(
+    updates: PyTree,
+    std: float | jax.Array,
+    state: GaussianNoiseState,
+    support: PyTree | None = None,
+) -> tuple[PyTree, GaussianNoiseState]:
+    """`updates + std * z` (z drawn from `fold_in(key, count)`), only on `support` if given."""
+    leaves, treedef = jax.tree.flatten(updates)
+    coordinates = sum(math.prod(jnp.shape(g)) for g in leaves)
+    if coordinates > MAX_NOISE_COORDINATES:
+        raise ValueError(
+            f"the updates have {coordinates} coordinates, more than MAX_NOISE_COORDINATES "
+            f"= 2**40 that the accountant's noise-tail term assumes; noise fewer "
+            f"coordinates per step."
+        )
+    noise = _normals_like(jax.random.fold_in(state.key, state.count), leaves)
+    if support is not None:
+        on = jax.tree.leaves(support)
+        noise = [jnp.where(s, z, jnp.zeros((), z.dtype)) for s, z in zip(on, noise, strict=True)]
+    noisy = [jnp.asarray(g, z.dtype) + std * z for g, z in zip(leaves, noise, strict=True)]
+    return jax.tree.unflatten(treedef, noisy), GaussianNoiseState(
+        count=jnp.asarray(optax.safe_increment(state.count)), key=state.key
+    )
+
+
 def add_gaussian_noise(stddev: float, key: jax.Array) -> optax.GradientTransformation:
     """Adds i.i.d. N(0, stddev^2) noise to every coordinate of the updates.
 
@@ -287,24 +312,12 @@ def add_gaussian_noise(stddev: float, key: jax.Array) -> optax.GradientTransform
                 "dpjax.gaussian_mechanism(noise_multiplier, key) (or dpjax.noisy_mean), which "
                 "reads its sensitivity; a stddev given here could disagree with the clip norm."
             )
-        leaves, treedef = jax.tree.flatten(updates)
-        coordinates = sum(math.prod(jnp.shape(g)) for g in leaves)
-        if coordinates > MAX_NOISE_COORDINATES:
-            raise ValueError(
-                f"the updates have {coordinates} coordinates, more than MAX_NOISE_COORDINATES "
-                f"= 2**40 that the accountant's noise-tail term assumes; noise fewer "
-                f"coordinates per step."
-            )
-        noise = _normals_like(jax.random.fold_in(state.key, state.count), leaves)
-        noisy = [jnp.asarray(g, z.dtype) + std * z for g, z in zip(leaves, noise, strict=True)]
-        return jax.tree.unflatten(treedef, noisy), GaussianNoiseState(
-            count=jnp.asarray(optax.safe_increment(state.count)), key=state.key
-        )
+        return _noised(updates, std, state)
 
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def gaussian_mechanism(noise_multiplier: float, key: jax.Array) -> optax.GradientTransformation:
+def gaussian_mechanism(noise_multiplier: Any, key: jax.Array) -> optax.GradientTransformation:
     """The Gaussian mechanism on a clipped sum: noise std = sigma times the sum's own sensitivity.
 
     Takes the :class:`dpjax.ClippedSum` that a clipper returns and adds i.i.d.
@@ -314,12 +327,16 @@ def gaussian_mechanism(noise_multiplier: float, key: jax.Array) -> optax.Gradien
     :func:`add_gaussian_noise` (fresh every step, `fold_in(key, count)`).
 
     Args:
-      noise_multiplier: sigma, finite and > 0.
+      noise_multiplier: sigma, finite and > 0; or a :class:`dpjax.NoiseSchedule`,
+        whose sigma at the state's step count is used (NaN output past its
+        last step: never an un-noised value).
       key: a PRNG key reserved for this noise (:func:`dpjax.secret_key`).
 
     Returns:
       An `optax.GradientTransformation` with :class:`GaussianNoiseState`; its
-      output is the noisy sum (a plain pytree, in at least float32).
+      output is the noisy sum (a plain pytree, in at least float32). If the
+      ClippedSum has a `support`, noise lands on the support only (the sum is
+      zero elsewhere).
 
     Raises:
       ValueError: if sigma or the key is invalid; at trace time, if the input is
@@ -342,7 +359,14 @@ def gaussian_mechanism(noise_multiplier: float, key: jax.Array) -> optax.Gradien
       Dwork & Roth, "The Algorithmic Foundations of Differential Privacy", 2014,
       Appendix A (Gaussian mechanism).
     """
-    sigma = _validation.check_noise_multiplier(noise_multiplier)
+    from dpjax._schedules import NoiseSchedule  # noqa: PLC0415 (_accounting imports this module)
+
+    if isinstance(noise_multiplier, NoiseSchedule):
+        schedule: NoiseSchedule | None = noise_multiplier
+        sigma = 1.0
+    else:
+        schedule = None
+        sigma = _validation.check_noise_multiplier(noise_multiplier)
     key = _validation.check_key(key)
     noise = add_gaussian_noise(1.0, key)
 
@@ -361,6 +385,7 @@ def gaussian_mechanism(noise_multiplier: float, key: jax.Array) -> optax.Gradien
                 f"the clipped sum has sensitivity {delta!r}: a NOT PRIVATE sum cannot be made "
                 "private by noise of unbounded std; clip it (e.g. dpjax.clip_per_example(C))."
             )
-        return add_gaussian_noise(sigma * delta, state.key).update(updates.sum, state)
+        std = sigma * delta if schedule is None else schedule.on_device(state.count) * delta
+        return _noised(updates.sum, std, state, updates.support)
 
     return optax.GradientTransformation(noise.init, update_fn)
