@@ -11,7 +11,8 @@ The data flow one way, one module per stage:
     accumulate        accumulate_clipped_grads                                (_accumulation)
     adaptive clip     adaptive_dp_aggregate (C_t follows a quantile)          (_adaptive)
     noise             gaussian_mechanism, add_gaussian_noise                  (_noise)
-                      NoiseSchedule, calibrate_noise_schedule (sigma_t)      (_schedules)
+                      NoiseSchedule, calibrate_noise_schedule,               (_schedules)
+                      OnlineNoise, PlateauNoise (sigma_t from released values)
     normalize + step  noisy_mean, scale_by_expected_batch_size, dp_sgd, private_update
                                                                               (_aggregation)
     account           PrivacyTracker, records (PoissonGaussianSteps, ...),    (_tracker, _releases,
@@ -66,6 +67,8 @@ from dpjax._releases import Release as Release
 from dpjax._sampling import Batch as Batch
 from dpjax._sampling import PoissonSampler as PoissonSampler
 from dpjax._schedules import NoiseSchedule as NoiseSchedule
+from dpjax._schedules import OnlineNoise as OnlineNoise
+from dpjax._schedules import PlateauNoise as PlateauNoise
 from dpjax._schedules import calibrate_noise_schedule as calibrate_noise_schedule
 from dpjax._sparsity import PrivateTopKState as PrivateTopKState
 from dpjax._sparsity import private_topk as private_topk

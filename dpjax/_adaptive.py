@@ -45,7 +45,7 @@ class AdaptiveClipState(NamedTuple):
 
     l2_norm: jax.Array
     unclipped_fraction: jax.Array
-    noise: _noise.GaussianNoiseState
+    noise: Any
     stats: _clipping.ClipStats
 
 
@@ -123,6 +123,11 @@ def adaptive_dp_aggregate(
     eta = _validation.check_positive_float(learning_rate, "learning_rate", "0.2")
     sigma_b = n / 20.0 if count_noise_multiplier is None else count_noise_multiplier
     sigma_b = _validation.check_positive_float(sigma_b, "count_noise_multiplier", "n / 20")
+    if not isinstance(noise_multiplier, (int, float)) and not hasattr(noise_multiplier, "phases"):
+        raise ValueError(
+            f"noise_multiplier={noise_multiplier!r}: adaptive clipping takes a number or a "
+            "dpjax.NoiseSchedule (its count scale is fixed from the largest sigma)."
+        )
     mechanism = _noise.gaussian_mechanism(noise_multiplier, key)
     # The largest sigma the schedule (or constant) reaches bounds r's domain.
     phases = getattr(noise_multiplier, "phases", None)
@@ -155,13 +160,14 @@ def adaptive_dp_aggregate(
         kept = real - clipped.stats.num_nonfinite.astype(jnp.float32)
         unclipped = kept - clipped.stats.num_clipped.astype(jnp.float32)
         centred = unclipped - real / 2.0  # each real example: +1/2 unclipped, -1/2 otherwise
-        both = _clipping.ClippedSum(
+        both: Any = _clipping.ClippedSum(
             {"grad": clipped.sum, "count": r * centred}, clipped.stats, joint
         )
+        noisy: Any
         noisy, noise_state = mechanism.update(both, state.noise)
         fraction = noisy["count"] / r / n + 0.5
         mean = jax.tree.map(lambda s: s * c / n, noisy["grad"])
         new_c = c * jnp.exp(-eta * (fraction - target_quantile))
-        return mean, AdaptiveClipState(new_c, fraction, noise_state, clipped.stats)
+        return mean, AdaptiveClipState(new_c, jnp.asarray(fraction), noise_state, clipped.stats)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

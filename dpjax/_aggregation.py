@@ -278,8 +278,9 @@ def private_update(
         baseline).
 
     Returns:
-      `update(params, opt_state, batch, mask) -> (params, opt_state)`, pure and
-      jittable.
+      `update(params, opt_state, batch, mask, **tx_args) -> (params, opt_state)`,
+      pure and jittable; `tx_args` go to `tx.update` (e.g. the step's
+      `noise_multiplier=` for :class:`dpjax.OnlineNoise`).
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, dpjax
@@ -299,10 +300,11 @@ def private_update(
     """
 
     def update(
-        params: PyTree, opt_state: Any, batch: PyTree, mask: jax.Array
+        params: PyTree, opt_state: Any, batch: PyTree, mask: jax.Array, **tx_args: Any
     ) -> tuple[PyTree, Any]:
         clipped: Any = clipper(params, batch, mask)  # optax types updates as plain pytrees
-        updates, opt_state = tx.update(clipped, opt_state, params)
+        tx_update: Any = tx.update  # extra keywords reach ExtraArgs stages (dpjax.OnlineNoise)
+        updates, opt_state = tx_update(clipped, opt_state, params, **tx_args)
         return optax.apply_updates(params, updates), opt_state
 
     return update

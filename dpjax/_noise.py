@@ -317,7 +317,9 @@ def add_gaussian_noise(stddev: float, key: jax.Array) -> optax.GradientTransform
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def gaussian_mechanism(noise_multiplier: Any, key: jax.Array) -> optax.GradientTransformation:
+def gaussian_mechanism(
+    noise_multiplier: Any, key: jax.Array
+) -> optax.GradientTransformationExtraArgs:
     """The Gaussian mechanism on a clipped sum: noise std = sigma times the sum's own sensitivity.
 
     Takes the :class:`dpjax.ClippedSum` that a clipper returns and adds i.i.d.
@@ -329,11 +331,12 @@ def gaussian_mechanism(noise_multiplier: Any, key: jax.Array) -> optax.GradientT
     Args:
       noise_multiplier: sigma, finite and > 0; or a :class:`dpjax.NoiseSchedule`,
         whose sigma at the state's step count is used (NaN output past its
-        last step: never an un-noised value).
+        last step: never an un-noised value); or :class:`dpjax.OnlineNoise`,
+        whose sigma the update takes as the keyword `noise_multiplier=`.
       key: a PRNG key reserved for this noise (:func:`dpjax.secret_key`).
 
     Returns:
-      An `optax.GradientTransformation` with :class:`GaussianNoiseState`; its
+      An `optax.GradientTransformationExtraArgs` with :class:`GaussianNoiseState`; its
       output is the noisy sum (a plain pytree, in at least float32). If the
       ClippedSum has a `support`, noise lands on the support only (the sum is
       zero elsewhere).
@@ -359,19 +362,19 @@ def gaussian_mechanism(noise_multiplier: Any, key: jax.Array) -> optax.GradientT
       Dwork & Roth, "The Algorithmic Foundations of Differential Privacy", 2014,
       Appendix A (Gaussian mechanism).
     """
-    from dpjax._schedules import NoiseSchedule  # noqa: PLC0415 (_accounting imports this module)
+    from dpjax._schedules import NoiseSchedule, OnlineNoise  # noqa: PLC0415 (import cycle)
 
-    if isinstance(noise_multiplier, NoiseSchedule):
-        schedule: NoiseSchedule | None = noise_multiplier
+    if isinstance(noise_multiplier, (NoiseSchedule, OnlineNoise)):
+        varying: NoiseSchedule | OnlineNoise | None = noise_multiplier
         sigma = 1.0
     else:
-        schedule = None
+        varying = None
         sigma = _validation.check_noise_multiplier(noise_multiplier)
     key = _validation.check_key(key)
     noise = add_gaussian_noise(1.0, key)
 
-    def update_fn(updates, state, params=None):
-        del params
+    def update_fn(updates, state, params=None, *, noise_multiplier=None, **extra_args):
+        del params, extra_args
         if not isinstance(updates, _clipping.ClippedSum):
             raise ValueError(
                 "gaussian_mechanism privatizes the dpjax.ClippedSum a clipper returns "
@@ -385,7 +388,12 @@ def gaussian_mechanism(noise_multiplier: Any, key: jax.Array) -> optax.GradientT
                 f"the clipped sum has sensitivity {delta!r}: a NOT PRIVATE sum cannot be made "
                 "private by noise of unbounded std; clip it (e.g. dpjax.clip_per_example(C))."
             )
-        std = sigma * delta if schedule is None else schedule.on_device(state.count) * delta
+        if isinstance(varying, NoiseSchedule):
+            std = varying.on_device(state.count) * delta
+        elif isinstance(varying, OnlineNoise):
+            std = varying.on_device(noise_multiplier) * delta
+        else:
+            std = sigma * delta
         return _noised(updates.sum, std, state, updates.support)
 
-    return optax.GradientTransformation(noise.init, update_fn)
+    return optax.GradientTransformationExtraArgs(noise.init, update_fn)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -51,7 +52,7 @@ def _round_down(sigmas: np.ndarray, resolution: float) -> np.ndarray:
 def _tabulate(schedule: Callable[[int], float], steps: int) -> np.ndarray:
     """`schedule(t)` for t < steps, as float64 (vectorized when the schedule is jnp code)."""
     try:
-        values = jax.vmap(schedule)(jnp.arange(steps))
+        values = jax.vmap(cast(Any, schedule))(jnp.arange(steps))
     except Exception:  # a Python schedule with control flow: evaluate step by step
         values = [schedule(t) for t in range(steps)]
     values = np.asarray(values, np.float64).reshape(-1)
@@ -193,6 +194,119 @@ class NoiseSchedule:
         index = jnp.searchsorted(ends, count, side="right")
         inside = index < len(self.phases)
         return jnp.where(inside, sigmas[jnp.minimum(index, len(self.phases) - 1)], jnp.nan)
+
+
+@dataclasses.dataclass(frozen=True)
+class OnlineNoise:
+    """A noise multiplier chosen on the host at every step, from released quantities only.
+
+    Pass it as the noise multiplier of :func:`dpjax.gaussian_mechanism` /
+    :func:`dpjax.noisy_mean`; each update then takes the step's sigma as the
+    keyword `noise_multiplier=` (a float, traced under `jit`, so changing it
+    does not recompile). The caller records the SAME sigma with the tracker
+    before releasing the step (`tracker.record(PoissonGaussianSteps(sigma, q))`),
+    which stops the run hard when the budget is spent. A sigma below `minimum`
+    (or not finite) gives a NaN update, never an under-noised one.
+
+    Args:
+      minimum: the smallest sigma the run may use, a valid noise multiplier.
+
+    Raises:
+      ValueError: if `minimum` is not a valid noise multiplier.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, dpjax
+      >>> tx = dpjax.gaussian_mechanism(dpjax.OnlineNoise(0.5), key=jax.random.key(0))
+      >>> clipped = dpjax.clip_and_sum(jnp.zeros((2, 3)), 1.0, mask=jnp.ones(2, bool))
+      >>> out, _ = tx.update(clipped, tx.init(None), noise_multiplier=0.1)
+      >>> bool(jnp.isnan(out).all())
+      True
+
+    **Privacy:** sigma must be a function of public or already-released
+    values (a noisy training loss, metrics on data declared public), and the
+    accountant must be told each step's sigma: then each step is the sampled
+    Gaussian mechanism at that sigma, and the composition is exact.
+
+    References:
+      Yu, Zhang, Chen, Yin, Liu, "Differentially Private Model Publishing for
+      Deep Learning", IEEE S&P 2019 (noise adapted on public validation data).
+    """
+
+    minimum: float
+
+    def __post_init__(self):
+        object.__setattr__(
+            self, "minimum", _validation.check_noise_multiplier(self.minimum, "minimum")
+        )
+
+    def on_device(self, sigma: Any) -> jax.Array:
+        """`sigma` as float32, NaN if it is below `minimum` or not finite (jittable)."""
+        if sigma is None:
+            raise ValueError(
+                "this noise stage uses dpjax.OnlineNoise: pass the step's sigma to update as "
+                "noise_multiplier=sigma (and record the same sigma with the tracker)."
+            )
+        value = jnp.asarray(sigma, jnp.float32)
+        ok = jnp.isfinite(value) & (value >= jnp.float32(self.minimum))
+        return jnp.where(ok, value, jnp.nan)
+
+
+class PlateauNoise:
+    """Adaptive noise: multiply sigma by `factor` when a public metric stops improving.
+
+    Host side, for :class:`OnlineNoise`. Feed :meth:`observe` a value computed
+    from released quantities only (the loss of the released parameters on data
+    declared public, or a noisy training loss that was itself accounted);
+    :attr:`sigma` is the noise multiplier of the next step, never below
+    `minimum`. Spending is not planned ahead: a smaller sigma spends more per
+    step, and the tracker stops the run hard at the target epsilon.
+
+    Args:
+      initial: the first sigma.
+      minimum: the floor (also :class:`OnlineNoise`'s minimum).
+      factor: the decay in (0, 1).
+      patience: observations without improvement before a decay, >= 1.
+
+    Raises:
+      ValueError: for invalid arguments.
+
+    Example:
+      >>> import dpjax
+      >>> policy = dpjax.PlateauNoise(2.0, minimum=1.0, factor=0.5, patience=1)
+      >>> [policy.observe(loss) for loss in (0.9, 0.8, 0.8, 0.8, 0.8)]
+      [2.0, 2.0, 1.0, 1.0, 1.0]
+
+    **Privacy:** sigma is a function of the observed values; they must be
+    public or already released (and accounted), or the choice of sigma leaks.
+
+    References:
+      Yu, Zhang, Chen, Yin, Liu, "Differentially Private Model Publishing for
+      Deep Learning", IEEE S&P 2019.
+    """
+
+    def __init__(self, initial: float, *, minimum: float, factor: float = 0.8, patience: int = 3):
+        self.sigma = _validation.check_noise_multiplier(initial, "initial")
+        self.minimum = _validation.check_noise_multiplier(minimum, "minimum")
+        if self.minimum > self.sigma:
+            raise ValueError(f"minimum={minimum!r} exceeds initial={initial!r}; lower minimum.")
+        if not (isinstance(factor, (int, float)) and 0.0 < factor < 1.0):
+            raise ValueError(f"factor={factor!r} must lie in (0, 1); e.g. factor=0.8.")
+        self.factor = float(factor)
+        self.patience = _validation.check_positive_int(patience, "patience", "3")
+        self._best = math.inf
+        self._stale = 0
+
+    def observe(self, metric: float) -> float:
+        """Takes one public value (lower is better); returns sigma for the next step."""
+        value = float(metric)
+        if value < self._best:
+            self._best, self._stale = value, 0
+        else:
+            self._stale += 1
+            if self._stale >= self.patience:
+                self.sigma = max(self.minimum, self.sigma * self.factor)
+                self._stale = 0
+        return self.sigma
 
 
 def calibrate_noise_schedule(

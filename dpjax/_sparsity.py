@@ -269,7 +269,8 @@ def private_topk(
     def update_fn(updates, state, params=None, **extra_args):
         extra_args.pop("support", None)
         support = support_for(state)
-        out, inner_state = inner.update(updates, state.inner, params, support=support, **extra_args)
+        inner_update: Any = inner.update  # a clipper's update takes `support=`
+        out, inner_state = inner_update(updates, state.inner, params, support=support, **extra_args)
         if source == "warmup":
             accumulate = state.count < warmup_steps
             released = jax.tree.map(

@@ -432,3 +432,58 @@ def test_adaptive_clipping_validates_its_arguments():
         dpjax.adaptive_dp_aggregate(1.0, 1.0, 256, key, target_quantile=1.0)
     with pytest.raises(ValueError, match="initial_l2_norm"):
         dpjax.adaptive_dp_aggregate(math.inf, 1.0, 256, key)
+
+
+# ------------------------------------------------------------------------ adaptive noise
+
+
+def test_online_noise_uses_the_given_sigma_and_refuses_less_than_the_minimum():
+    tx = dpjax.gaussian_mechanism(dpjax.OnlineNoise(0.5), key=jax.random.key(0))
+    clipped = dpjax.clip_and_sum(jnp.zeros((2, 20000)), 0.5, mask=jnp.ones(2, bool))
+    traces = []
+
+    @jax.jit
+    def step(state, sigma):
+        traces.append(1)
+        return tx.update(clipped, state, noise_multiplier=sigma)
+
+    state = tx.init(None)
+    for sigma in (2.0, 1.0, 0.7):
+        noisy, state = step(state, sigma)
+        assert float(jnp.std(noisy)) == pytest.approx(sigma * 0.5, rel=0.03)
+    assert len(traces) == 1  # a new sigma does not recompile
+    for bad in (0.4, math.nan, math.inf):
+        noisy, state = step(state, bad)
+        assert bool(jnp.isnan(noisy).all())
+    with pytest.raises(ValueError, match="noise_multiplier=sigma"):
+        tx.update(clipped, tx.init(None))
+
+
+def test_plateau_noise_decays_on_a_public_metric_and_the_tracker_stops_the_run():
+    """Adaptive noise end to end: sigma from a public metric, accounted step by step, hard stop."""
+    policy = dpjax.PlateauNoise(3.0, minimum=0.8, factor=0.5, patience=1)
+    q = 0.05
+    tracker = dpjax.PrivacyTracker(4.0, 1e-5, sampling_rate=q)
+    tx = optax.chain(dpjax.noisy_mean(dpjax.OnlineNoise(0.8), 8, key=jax.random.key(0)))
+    clipper = dpjax.accumulate_clipped_grads(
+        dpjax.per_example_grads(lambda w, x: jnp.sum((x - w) ** 2)), l2_norm=1.0, microbatch_size=8
+    )
+    update = jax.jit(dpjax.private_update(clipper, optax.chain(tx, optax.sgd(0.5))))
+    w = jnp.zeros(3)
+    state = optax.chain(tx, optax.sgd(0.5)).init(w)
+    public = jnp.ones(3)  # the metric: distance to a public target
+    used, steps = [], 0
+    while True:
+        sigma = policy.sigma
+        if not tracker.can_record(dpjax.PoissonGaussianSteps(sigma, q)):
+            break
+        tracker.record(dpjax.PoissonGaussianSteps(sigma, q))
+        w, state = update(w, state, jnp.ones((8, 3)), jnp.ones(8, bool), noise_multiplier=sigma)
+        used.append(sigma)
+        steps += 1
+        policy.observe(float(jnp.sum((w - public) ** 2)) + steps)  # never improves: decays
+    assert used[0] == 3.0 and min(used) == 0.8 and sorted(used, reverse=True) == used
+    phases = [(s, used.count(s)) for s in sorted(set(used), reverse=True)]
+    want = dpjax.compute_epsilon([s for s, _ in phases], [t for _, t in phases], q, 1e-5)
+    assert tracker.epsilon_spent() == pytest.approx(want, rel=1e-9) and want <= 4.0
+    assert not tracker.can_record(dpjax.PoissonGaussianSteps(0.8, q))
