@@ -9,7 +9,8 @@ The data flow one way, one module per stage:
     sparsify          private_topk, topk_support, random_support,             (_sparsity)
                       topk_after_noise
     accumulate        accumulate_clipped_grads                                (_accumulation)
-    adaptive clip     adaptive_dp_aggregate (C_t follows a quantile)          (_adaptive)
+    adaptive clip     adaptive_dp_aggregate (C_t follows a quantile),         (_adaptive)
+                      private_group_clip_norms (per-group C_g at a private quantile)
     noise             gaussian_mechanism, add_gaussian_noise                  (_noise)
                       NoiseSchedule, calibrate_noise_schedule,               (_schedules)
                       OnlineNoise, PlateauNoise (sigma_t from released values)
@@ -33,6 +34,7 @@ from dpjax._accumulation import accumulate_clipped_grads as accumulate_clipped_g
 from dpjax._adaptive import AdaptiveClipState as AdaptiveClipState
 from dpjax._adaptive import adaptive_dp_aggregate as adaptive_dp_aggregate
 from dpjax._adaptive import effective_noise_multiplier as effective_noise_multiplier
+from dpjax._adaptive import private_group_clip_norms as private_group_clip_norms
 from dpjax._aggregation import dp_aggregate as dp_aggregate
 from dpjax._aggregation import dp_sgd as dp_sgd
 from dpjax._aggregation import noisy_mean as noisy_mean

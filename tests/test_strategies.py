@@ -487,3 +487,21 @@ def test_plateau_noise_decays_on_a_public_metric_and_the_tracker_stops_the_run()
     want = dpjax.compute_epsilon([s for s, _ in phases], [t for _, t in phases], q, 1e-5)
     assert tracker.epsilon_spent() == pytest.approx(want, rel=1e-9) and want <= 4.0
     assert not tracker.can_record(dpjax.PoissonGaussianSteps(0.8, q))
+
+
+def test_private_group_clip_norms_are_recorded_first_and_land_near_the_quantile():
+    norms = {"body": jnp.linspace(0.1, 2.0, 4000), "head": jnp.linspace(1.0, 20.0, 4000)}
+    labels = {"w": "body", "b": "head"}
+    tracker = dpjax.PrivacyTracker(5.0, 1e-5)
+    clip = dpjax.private_group_clip_norms(
+        norms, labels, quantile=0.9, noise_multiplier=10.0, key=jax.random.key(0), tracker=tracker
+    )
+    assert 1.6 < clip.norms["body"] < 2.2 and 16 < clip.norms["head"] < 22
+    assert tracker.releases == (dpjax.GaussianRelease(10.0),)
+    assert tracker.epsilon_spent() > 0
+    tight = dpjax.PrivacyTracker(0.01, 1e-5)
+    with pytest.raises(dpjax.BudgetExceededError):
+        dpjax.private_group_clip_norms(
+            norms, labels, quantile=0.5, noise_multiplier=1.0, key=jax.random.key(0), tracker=tight
+        )
+    assert tight.releases == ()
