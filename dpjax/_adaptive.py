@@ -246,8 +246,9 @@ def private_group_clip_norms(
         finite = jnp.where(jnp.isfinite(norms), norms, jnp.inf)
         bins = jnp.minimum(jnp.searchsorted(grid, finite, side="left"), grid.size - 1)
         hists.append(jnp.zeros(grid.size, jnp.float32).at[bins].add(1.0))
-    noise = _noise.add_gaussian_noise(sigma * math.sqrt(len(groups)), key)
-    noisy, _ = noise.update(hists, noise.init(None))
+    noise: Any = _noise.add_gaussian_noise(sigma * math.sqrt(len(groups)), key)
+    noisy: Any
+    noisy, _ = noise.update(hists, noise.init(hists))
     chosen = {}
     for g, hist in zip(groups, noisy, strict=True):
         cdf = jnp.cumsum(hist) / jnp.maximum(jnp.sum(hist), 1.0)
