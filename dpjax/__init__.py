@@ -46,6 +46,7 @@ from dpjax._clipping import ClippedSum as ClippedSum
 from dpjax._clipping import ClipStats as ClipStats
 from dpjax._clipping import GroupClipNorms as GroupClipNorms
 from dpjax._clipping import NotPrivateWarning as NotPrivateWarning
+from dpjax._clipping import ScheduledClipState as ScheduledClipState
 from dpjax._clipping import clip_and_sum as clip_and_sum
 from dpjax._clipping import clip_per_example as clip_per_example
 from dpjax._clipping import clip_weights as clip_weights

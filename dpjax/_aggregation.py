@@ -211,7 +211,10 @@ def non_private_mean(expected_batch_size: float) -> optax.GradientTransformation
                 "non_private_mean expects a dpjax.ClippedSum (from a clipper or "
                 f"dpjax.not_private_sum), got {type(updates).__name__}."
             )
-        return scale.update(updates.sum, state)[0], state
+        summed = updates.sum
+        if updates.scale is not None:
+            summed = jax.tree.map(lambda x: x * updates.scale, summed)
+        return scale.update(summed, state)[0], state
 
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 

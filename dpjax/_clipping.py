@@ -71,6 +71,9 @@ class ClippedSum:
         clipping (:func:`dpjax.private_topk`). The sum is zero elsewhere, and
         the noise stage noises only these coordinates. It must be public
         (chosen from released values or independently of the data).
+      scale: None, or a public scalar the noise stage multiplies the noisy sum
+        by: a clip-norm schedule clips `g / C_t` at 1 (sensitivity 1) and
+        sets `scale = C_t`, so the release is `C_t * (sum + noise)`.
 
     Example:
       >>> import jax.numpy as jnp, dpjax
@@ -87,6 +90,7 @@ class ClippedSum:
     stats: ClipStats
     sensitivity: float = dataclasses.field(metadata={"static": True})
     support: PyTree | None = None
+    scale: jax.Array | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -434,7 +438,7 @@ def clip_and_sum_unchecked(
     return ClippedSum(jax.tree.unflatten(treedef, summed), stats, sensitivity_of(l2_norm), support)
 
 
-def clip_per_example(l2_norm: ClipNorm) -> optax.GradientTransformationExtraArgs:
+def clip_per_example(l2_norm: Any) -> optax.GradientTransformationExtraArgs:
     """Clips per-example gradients to global L2 norm <= `l2_norm` and sums them.
 
     Input updates are per-example gradients with a leading batch axis (e.g. from
@@ -446,8 +450,12 @@ def clip_per_example(l2_norm: ClipNorm) -> optax.GradientTransformationExtraArgs
     be left out by accident.
 
     Args:
-      l2_norm: the clip norm C, finite and > 0, or per-group norms
-        (:class:`GroupClipNorms`).
+      l2_norm: the clip norm C, finite and > 0; per-group norms
+        (:class:`GroupClipNorms`); or a clip-norm schedule, step -> C_t (any
+        optax schedule): each step then clips `g / C_t` at 1 (sensitivity 1)
+        and the :class:`ClippedSum` carries `scale = C_t`, which the noise
+        stage applies after the noise (noise std sigma * C_t in the end). An
+        invalid C_t (not finite, below 1e-6) gives a NaN release.
 
     Returns:
       An `optax.GradientTransformationExtraArgs`. Its update requires the
@@ -477,6 +485,8 @@ def clip_per_example(l2_norm: ClipNorm) -> optax.GradientTransformationExtraArgs
       Abadi et al., "Deep Learning with Differential Privacy", CCS 2016.
       https://arxiv.org/abs/1607.00133
     """
+    if callable(l2_norm) and not isinstance(l2_norm, GroupClipNorms):
+        return _scheduled_clip(l2_norm)
     c = check_clip(l2_norm)
 
     def init_fn(params: PyTree) -> ClipStats:
@@ -489,6 +499,42 @@ def clip_per_example(l2_norm: ClipNorm) -> optax.GradientTransformationExtraArgs
         return clipped, clipped.stats
 
     # The output is a ClippedSum, not the optimizer-ready pytree optax's type names.
+    return optax.GradientTransformationExtraArgs(
+        init_fn, cast(optax.TransformUpdateExtraArgsFn, update_fn)
+    )
+
+
+class ScheduledClipState(NamedTuple):
+    """State of :func:`clip_per_example` with a clip-norm schedule.
+
+    Attributes:
+      stats: the last update's :class:`ClipStats` (NOT private).
+      count: updates so far (the next step's index).
+    """
+
+    stats: ClipStats
+    count: jax.Array
+
+
+def _scheduled_clip(schedule: Callable[[jax.Array], Any]) -> optax.GradientTransformationExtraArgs:
+    """Clips at `C_t = schedule(t)`: `g / C_t` clipped at 1 (sensitivity 1), `scale = C_t`."""
+
+    def init_fn(params: PyTree) -> ScheduledClipState:
+        del params
+        zero = jnp.zeros((), jnp.int32)
+        return ScheduledClipState(ClipStats(zero, zero), zero)
+
+    def update_fn(updates, state, params=None, *, mask=None, support=None, **extra_args):
+        del params, extra_args
+        c = jnp.asarray(schedule(state.count), jnp.float32)
+        ok = jnp.isfinite(c) & (c >= _validation.MIN_CLIP_NORM)
+        safe = jnp.where(ok, c, 1.0)
+        scaled = jax.tree.map(lambda g: g / safe.astype(g.dtype), updates)
+        clipped = clip_and_sum_unchecked(scaled, 1.0, mask, support=support)
+        # An invalid C_t makes the release NaN (never unclipped or un-noised).
+        out = dataclasses.replace(clipped, scale=jnp.where(ok, c, jnp.nan))
+        return out, ScheduledClipState(clipped.stats, optax.safe_increment(state.count))
+
     return optax.GradientTransformationExtraArgs(
         init_fn, cast(optax.TransformUpdateExtraArgsFn, update_fn)
     )

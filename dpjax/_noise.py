@@ -394,6 +394,9 @@ def gaussian_mechanism(
             std = varying.on_device(noise_multiplier) * delta
         else:
             std = sigma * delta
-        return _noised(updates.sum, std, state, updates.support)
+        noisy, state = _noised(updates.sum, std, state, updates.support)
+        if updates.scale is not None:  # a clip-norm schedule's C_t (public), after the noise
+            noisy = jax.tree.map(lambda x: x * updates.scale.astype(x.dtype), noisy)
+        return noisy, state
 
     return optax.GradientTransformationExtraArgs(noise.init, update_fn)

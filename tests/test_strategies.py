@@ -505,3 +505,34 @@ def test_private_group_clip_norms_are_recorded_first_and_land_near_the_quantile(
             norms, labels, quantile=0.5, noise_multiplier=1.0, key=jax.random.key(0), tracker=tight
         )
     assert tight.releases == ()
+
+
+# ---------------------------------------------------------------- clip-norm schedules
+
+
+def test_clip_norm_schedule_clips_at_c_t_and_noises_with_sigma_c_t():
+    schedule = optax.linear_schedule(2.0, 0.5, 3)
+    clipper = dpjax.clip_per_example(schedule)
+    noise = dpjax.gaussian_mechanism(1.5, key=jax.random.key(0))
+    grads = jnp.ones((4, 10000)) * 10.0  # every row clipped
+    c_state, n_state = clipper.init(None), noise.init(None)
+    step = jax.jit(
+        lambda g, cs, ns: (lambda c: (c, noise.update(c[0], ns)))(
+            clipper.update(g, cs, mask=jnp.ones(4, bool))
+        )
+    )
+    zero_noise = dpjax.clip_per_example(schedule)
+    z_state = zero_noise.init(None)
+    for t in range(3):
+        c_t = float(schedule(t))
+        (clipped, c_state), (noisy, n_state) = step(grads, c_state, n_state)
+        assert clipped.sensitivity == 1.0 and float(clipped.scale) == pytest.approx(c_t)
+        # Before the noise, each example contributes C_t: the sum is 4 * C_t / sqrt(d) per coordinate.
+        np.testing.assert_allclose(clipped.sum * clipped.scale, 4 * c_t / 100.0, rtol=1e-5)
+        centred = np.asarray(noisy) - 4 * c_t / 100.0
+        assert centred.std() == pytest.approx(1.5 * c_t, rel=0.03)
+        clipped_again, z_state = zero_noise.update(grads, z_state, mask=jnp.ones(4, bool))
+    bad = dpjax.clip_per_example(lambda t: 0.0)
+    out, _ = bad.update(grads, bad.init(None), mask=jnp.ones(4, bool))
+    noisy, _ = noise.update(out, noise.init(None))
+    assert bool(jnp.isnan(noisy).all())
