@@ -151,8 +151,13 @@ def adaptive_dp_aggregate(
             _clipping.ClipStats(zero, zero),
         )
 
-    def update_fn(updates, state, params=None, *, mask=None, **extra_args):
+    def update_fn(updates, state, params=None, *, mask=None, support=None, **extra_args):
         del params, extra_args
+        if support is not None:
+            raise ValueError(
+                "adaptive_dp_aggregate does not restrict gradients to a support; use "
+                "dpjax.private_topk around dpjax.dp_sgd (a fixed or scheduled clip norm)."
+            )
         c = state.l2_norm
         scaled = jax.tree.map(lambda g: g / c.astype(g.dtype), updates)
         clipped = _clipping.clip_and_sum_unchecked(scaled, 1.0, mask)
@@ -167,7 +172,7 @@ def adaptive_dp_aggregate(
         noisy, noise_state = mechanism.update(both, state.noise)
         fraction = noisy["count"] / r / n + 0.5
         mean = jax.tree.map(lambda s: s * c / n, noisy["grad"])
-        new_c = c * jnp.exp(-eta * (fraction - target_quantile))
+        new_c = jnp.clip(c * jnp.exp(-eta * (fraction - target_quantile)), 1e-6, 1e6)
         return mean, AdaptiveClipState(new_c, jnp.asarray(fraction), noise_state, clipped.stats)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
