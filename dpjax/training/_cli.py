@@ -3,6 +3,8 @@
 Examples::
 
     dpjax train --dataset digits --target-epsilon 3
+    dpjax train --dataset fashion-mnist --model cnn --target-epsilon 3 --noise-schedule linear:0.5 \
+        --clip-groups equal --ema-decay 0.999 --augmult 4
     dpjax epsilon --noise-multiplier 1.1 --steps 1000 --sampling-rate 0.01 --delta 1e-5
     dpjax epsilon --noise-multiplier 2 1 --steps 100 50 --sampling-rate 0.01 --delta 1e-5
     dpjax calibrate --target-epsilon 3 --dataset-size 60000 --batch-size 256 --epochs 10 \\
@@ -25,6 +27,7 @@ from dpjax._validation import check_delta
 from dpjax.data import DATASET_NAMES
 from dpjax.models import MODEL_NAMES
 from dpjax.training._config import CLIPPING_MODES, OPTIMIZERS, TrainConfig
+from dpjax.training._levers import CLIP_GROUPS, NOISE_SCHEDULES
 from dpjax.training._trainer import train
 
 _PRIVACY_NOTE = (
@@ -142,6 +145,43 @@ def _add_train_parser(subparsers: Any) -> None:
         help="per-example clipping: vmap, ghost (one backward pass; models built from ghost layers: "
         "logreg, mlp, cnn, linen-mlp) or auto (ghost when possible; the default)",
     )
+    levers = parser.add_argument_group(
+        "levers that keep accuracy under privacy",
+        "each is accounted exactly; none may be combined with --not-private",
+    )
+    levers.add_argument(
+        "--noise-schedule",
+        default=None,
+        metavar="SCHEDULE",
+        help=f"noise multiplier over the run: {', '.join(NOISE_SCHEDULES)}, R = sigma_end / "
+        "sigma_start > 0 (e.g. linear:0.5 halves sigma linearly by the last step; exponential "
+        "interpolates geometrically). Starts at --noise-multiplier if given, else is scaled to "
+        "spend --target-epsilon. Accounted step by step (default: constant)",
+    )
+    levers.add_argument(
+        "--clip-groups",
+        choices=CLIP_GROUPS,
+        default=None,
+        help="per-layer clipping: equal (each of G layers clipped to C/sqrt(G)) or by-size "
+        "(C_g^2 proportional to the layer's size); the sensitivity sqrt(sum C_g^2) stays "
+        "--clip-norm (default: none, one global norm)",
+    )
+    levers.add_argument(
+        "--ema-decay",
+        type=float,
+        default=None,
+        help="keep an exponential moving average of the parameters with this decay in [0, 1) "
+        "(warm-up min(decay, (1+t)/(10+t))), evaluate and return it; post-processing, no "
+        "privacy cost (default: off)",
+    )
+    levers.add_argument(
+        "--augmult",
+        type=int,
+        default=None,
+        help="augmentation multiplicity K: each example's loss is the mean over K random "
+        "shifts (and flips for fashion-mnist) of it, before clipping; images only, vmap "
+        "clipping; no privacy cost (default: 0, off)",
+    )
     parser.add_argument("--json-out", help="write the JSON summary here")
     parser.add_argument("--log", help="write one JSON line per evaluation here")
     parser.add_argument(
@@ -160,18 +200,22 @@ def _run_train(args: argparse.Namespace) -> int:
     if args.not_private:
         given = [
             flag
-            for flag, value in (
-                ("--target-epsilon", args.target_epsilon),
-                ("--noise-multiplier", args.noise_multiplier),
-                ("--clip-norm", args.clip_norm),
+            for flag, value, off in (
+                ("--target-epsilon", args.target_epsilon, ()),
+                ("--noise-multiplier", args.noise_multiplier, ()),
+                ("--clip-norm", args.clip_norm, ()),
+                ("--noise-schedule", args.noise_schedule, ("constant",)),
+                ("--clip-groups", args.clip_groups, ("none",)),
+                ("--ema-decay", args.ema_decay, ()),
+                ("--augmult", args.augmult, (0, 1)),
             )
-            if value is not None
+            if value is not None and value not in off
         ]
         if given:
             raise ValueError(
                 f"--not-private contradicts {', '.join(given)}: a NOT PRIVATE run neither clips, "
-                "adds noise nor spends a budget. Drop those flags for the baseline, or drop "
-                "--not-private for a private run."
+                "adds noise nor spends a budget (and the levers belong to private runs). Drop "
+                "those flags for the baseline, or drop --not-private for a private run."
             )
     config = TrainConfig(
         dataset=args.dataset,
@@ -195,6 +239,10 @@ def _run_train(args: argparse.Namespace) -> int:
         accountant=args.accountant,
         clipping=args.clipping,
         not_private=args.not_private,
+        noise_schedule=args.noise_schedule or TrainConfig.noise_schedule,
+        clip_groups=args.clip_groups or TrainConfig.clip_groups,
+        ema_decay=args.ema_decay,
+        augmult=TrainConfig.augmult if args.augmult is None else args.augmult,
     )
     try:
         with warnings.catch_warnings():
@@ -229,6 +277,7 @@ def _run_train(args: argparse.Namespace) -> int:
             f"delta = {s['delta']:g}, noise multiplier {s['noise_multiplier']:.4g}, "
             f"sampling rate {s['sampling_rate']:.4g}, clip norm {s['clip_norm']:g}, {s['accountant']} accountant"
         )
+        print(_levers_line(s))
         if s["stop_reason"] == "budget":
             print(f"stopped before step {s['steps'] + 1}: it would have exceeded the budget")
     print(
@@ -238,6 +287,27 @@ def _run_train(args: argparse.Namespace) -> int:
     if args.json_out:
         print(f"summary written to {args.json_out}")
     return 0
+
+
+def _levers_line(s: dict[str, Any]) -> str:
+    """The levers of a private run's summary, in one line."""
+    phases = s["noise_phases"]
+    if s["noise_schedule"] == "constant":
+        schedule = "constant"
+    else:
+        schedule = (
+            f"{s['noise_schedule']} (sigma {phases[0][0]:.4g} -> {phases[-1][0]:.4g} in "
+            f"{len(phases)} phases)"
+        )
+    groups = s["clip_groups"]
+    if s["clip_norms"]:
+        groups += f" ({len(s['clip_norms'])} layers)"
+    ema = "off" if s["ema_decay"] is None else f"decay {s['ema_decay']:g}"
+    return (
+        f"levers: noise schedule {schedule}, clip groups {groups}, parameter EMA {ema} "
+        f"(evaluated: {s['evaluated_params']} parameters), augmult "
+        f"{s['augmult'] if s['augmult'] else 'off'}"
+    )
 
 
 def _build_parser() -> argparse.ArgumentParser:

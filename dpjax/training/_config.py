@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+from collections.abc import Callable
+from typing import Any
 
 import dpjax
 from dpjax import _validation
 from dpjax.data import DATASET_NAMES
 from dpjax.models import MODEL_NAMES
+from dpjax.training import _levers
 
 OPTIMIZERS = ("adam", "sgd", "momentum")
 CLIPPING_MODES = ("auto", "vmap", "ghost")
@@ -54,6 +58,35 @@ class TrainConfig:
         models), or 'auto' (ghost when possible). Both give the same clipped
         sum.
       not_private: NOT PRIVATE baseline: no clipping, no noise, no accounting.
+        Refused together with any of the four levers below.
+      noise_schedule: the noise multiplier over the run: "constant" (default),
+        "linear:R" (sigma decays linearly to R times its start at the last
+        step) or "exponential:R" (geometric interpolation, sigma_t = sigma_0 *
+        R**(t / (T - 1))), R = sigma_end / sigma_start > 0. With
+        `noise_multiplier=None` the schedule's shape is scaled so the run
+        spends (just under) `target_epsilon`; else it starts at
+        `noise_multiplier`. Each sigma_t is rounded DOWN onto a 5 % grid
+        (:class:`dpjax.NoiseSchedule`), and the rounded value is both used and
+        accounted. **Privacy:** accounted exactly, step by step: step t adds
+        noise of std sigma_t * C and records `PoissonGaussianSteps(sigma_t, q)`.
+      clip_groups: per-layer clipping: "none" (default: one global clip norm),
+        "equal" (each of the G layers clipped to C / sqrt(G)) or "by-size"
+        (C_g**2 proportional to the layer's parameter count). A layer is a
+        parameter's path without its last key. **Privacy:** the clipped sum's
+        sensitivity is sqrt(sum_g C_g**2) = clip_norm, so the noise and the
+        account are those of global clipping at clip_norm.
+      ema_decay: None (default) or a decay in [0, 1): keep an exponential
+        moving average of the parameters (warmed up as in De et al. 2022:
+        decay_t = min(ema_decay, (1 + t) / (10 + t))), evaluate on it and
+        return it. **Privacy:** post-processing of the released parameters:
+        no privacy cost.
+      augmult: augmentation multiplicity K; 0 or 1 (default 0) is off. With
+        K >= 2 each example's loss is the mean over K random augmentations of
+        it (shifts by up to 2 pixels; horizontal flips for fashion-mnist
+        only), for image inputs `(N, H, W, C)` on the 'vmap' clipping path
+        ('auto' picks it; 'ghost' is refused). **Privacy:** the augmentations
+        live inside the example's own loss, before clipping: the sensitivity
+        and the privacy cost are unchanged.
     """
 
     dataset: str = "digits"
@@ -73,6 +106,10 @@ class TrainConfig:
     accountant: str = "pld"
     clipping: str = "auto"
     not_private: bool = False
+    noise_schedule: str = "constant"
+    clip_groups: str = "none"
+    ema_decay: float | None = None
+    augmult: int = 0
 
     def __post_init__(self):
         if self.dataset not in DATASET_NAMES:
@@ -110,6 +147,7 @@ class TrainConfig:
                 f"steps={self.steps!r} exceeds {MAX_STEPS} (2**31 - 1), the most steps whose noise "
                 "keys dpjax can keep distinct; pass fewer steps."
             )
+        self._check_levers()
         if self.not_private:
             if self.noise_multiplier is not None:
                 raise ValueError(
@@ -130,6 +168,49 @@ class TrainConfig:
         if self.target_epsilon is not None:
             _validation.check_target_epsilon(self.target_epsilon)
 
+    def _check_levers(self) -> None:
+        """Validates noise_schedule, clip_groups, ema_decay and augmult, and their combinations."""
+        _levers.parse_noise_schedule(self.noise_schedule)
+        if self.clip_groups not in _levers.CLIP_GROUPS:
+            raise ValueError(
+                f"clip_groups={self.clip_groups!r} is unknown; pass one of "
+                f"{', '.join(_levers.CLIP_GROUPS)}, e.g. clip_groups='equal'."
+            )
+        if self.ema_decay is not None and not (
+            isinstance(self.ema_decay, numbers.Real)
+            and not isinstance(self.ema_decay, bool)
+            and 0.0 <= self.ema_decay < 1.0
+        ):
+            raise ValueError(
+                f"ema_decay={self.ema_decay!r} must be a number in [0, 1) (1 would never move "
+                "from the initial parameters); pass e.g. ema_decay=0.999, or None for no averaging."
+            )
+        if self.ema_decay is not None:
+            object.__setattr__(self, "ema_decay", float(self.ema_decay))  # JSON-ready
+        object.__setattr__(
+            self, "augmult", _validation.check_nonnegative_int(self.augmult, "augmult", "4")
+        )
+        if self.augmult >= 2 and self.clipping == "ghost":
+            raise ValueError(
+                f"augmult={self.augmult} with clipping='ghost': ghost clipping computes one norm "
+                "per row, but augmentation multiplicity needs one per EXAMPLE (the mean over its "
+                "augmentations); pass clipping='vmap' (or 'auto', which picks it)."
+            )
+        if self.not_private:
+            levers = {
+                "noise_schedule": (self.noise_schedule, "constant"),
+                "clip_groups": (self.clip_groups, "none"),
+                "ema_decay": (self.ema_decay, None),
+                "augmult": (self.augmult, 0),
+            }
+            for name, (value, off) in levers.items():
+                if value != off and not (name == "augmult" and value == 1):  # 1 is off too
+                    raise ValueError(
+                        f"not_private=True contradicts {name}={value!r}: the levers that keep "
+                        f"accuracy under privacy belong to private runs. Pass {name}={off!r} with "
+                        "not_private=True, or drop not_private for a private run."
+                    )
+
 
 @dataclasses.dataclass(frozen=True)
 class RunPlan:
@@ -141,7 +222,10 @@ class RunPlan:
       steps_note: how the steps were derived (e.g. the rounding of epochs).
       noise_multiplier: sigma (0.0 for the NOT PRIVATE baseline).
       planned_epsilon: epsilon after `min(steps, max_steps)` steps (inf when NOT PRIVATE).
-      max_steps: steps the budget allows at this sigma.
+      max_steps: steps the budget allows at this sigma (this schedule).
+      noise_schedule: the :class:`dpjax.NoiseSchedule` of a non-constant
+        `noise_schedule` (then `noise_multiplier` is its sigma at step 0, for
+        display), None for the constant one.
     """
 
     sampling_rate: float
@@ -150,6 +234,14 @@ class RunPlan:
     noise_multiplier: float
     planned_epsilon: float
     max_steps: int
+    noise_schedule: dpjax.NoiseSchedule | None = None
+
+    @property
+    def phases(self) -> tuple[tuple[float, int], ...]:
+        """The planned noise multipliers as `((sigma, steps), ...)` (empty when NOT PRIVATE)."""
+        if self.noise_schedule is not None:
+            return self.noise_schedule.phases
+        return () if self.noise_multiplier == 0.0 else ((self.noise_multiplier, self.steps),)
 
 
 def plan_run(config: TrainConfig, dataset_size: int) -> RunPlan:
@@ -168,7 +260,10 @@ def plan_run(config: TrainConfig, dataset_size: int) -> RunPlan:
         epsilon).
 
     **Privacy:** the plan is computed from public quantities only (N, q, sigma,
-    T, delta), never from the data.
+    T, delta), never from the data. A non-constant `noise_schedule` is
+    planned as a :class:`dpjax.NoiseSchedule` (calibrated with
+    :func:`dpjax.calibrate_noise_schedule` when `noise_multiplier` is None,
+    else starting at it) and accounted phase by phase.
     """
     if config.batch_size > dataset_size:
         raise ValueError(
@@ -183,6 +278,9 @@ def plan_run(config: TrainConfig, dataset_size: int) -> RunPlan:
     if config.not_private:
         return RunPlan(q, steps, note, 0.0, math.inf, steps)
     _validation.check_delta(config.delta, dataset_size)
+    shape = _levers.noise_schedule_shape(config.noise_schedule, steps)
+    if shape is not None:
+        return _plan_schedule(config, q, steps, note, shape)
     sigma = config.noise_multiplier
     if sigma is None:
         assert config.target_epsilon is not None  # TrainConfig requires one of them
@@ -206,3 +304,34 @@ def plan_run(config: TrainConfig, dataset_size: int) -> RunPlan:
     run_steps = min(steps, max_steps)
     eps = dpjax.compute_epsilon(sigma, run_steps, q, config.delta, accountant=config.accountant)
     return RunPlan(q, steps, note, sigma, eps, max_steps)
+
+
+def _plan_schedule(
+    config: TrainConfig, q: float, steps: int, note: str, shape: Callable[[Any], Any]
+) -> RunPlan:
+    """The plan of a run whose sigma follows a schedule (calibrated, or starting at sigma)."""
+
+    def eps(schedule: dpjax.NoiseSchedule) -> float:
+        return schedule.epsilon(q, config.delta, accountant=config.accountant)
+
+    if config.noise_multiplier is None:
+        assert config.target_epsilon is not None  # TrainConfig requires one of them
+        schedule = dpjax.calibrate_noise_schedule(
+            shape, config.target_epsilon, q, steps, config.delta, accountant=config.accountant
+        )
+    else:
+        schedule = dpjax.NoiseSchedule.from_schedule(shape, steps, scale=config.noise_multiplier)
+    full = eps(schedule)
+    max_steps = steps
+    if config.target_epsilon is not None and full > config.target_epsilon:
+        max_steps = _levers.schedule_max_steps(schedule, eps, config.target_epsilon)
+        if max_steps < 1:
+            smallest = eps(_levers.schedule_prefix(schedule, 1))
+            raise ValueError(
+                f"target_epsilon={config.target_epsilon} is too small for even one step at "
+                f"noise_multiplier={schedule.at(0):.4g} (noise_schedule={config.noise_schedule!r}), "
+                f"sampling_rate={q:.4g}: the smallest reachable epsilon is {smallest:.4g}. Raise "
+                "target_epsilon, or raise noise_multiplier / lower batch_size."
+            )
+    planned = full if max_steps >= steps else eps(_levers.schedule_prefix(schedule, max_steps))
+    return RunPlan(q, steps, note, schedule.at(0), planned, max_steps, schedule)

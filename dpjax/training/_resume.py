@@ -40,7 +40,12 @@ FINGERPRINT_FIELDS = (
     "microbatch_size",
     "accountant",
     "not_private",
+    "clip_groups",
+    "augmult",
+    "ema_decay",
 )
+FINGERPRINT_DEFAULTS = {"clip_groups": "none", "augmult": 0, "ema_decay": None}
+"""Values of the fields added after version 2 that a checkpoint without them was written with."""
 
 
 def fingerprint(config: TrainConfig, train_split: Split, seed: int) -> dict[str, Any]:
@@ -56,6 +61,7 @@ def fingerprint(config: TrainConfig, train_split: Split, seed: int) -> dict[str,
         digest.update(str((array.dtype, array.shape)).encode())
         digest.update(np.ascontiguousarray(array).tobytes())
     return {name: getattr(config, name) for name in FINGERPRINT_FIELDS} | {
+        "augmult": int(config.augmult) if config.augmult >= 2 else 0,  # 0 and 1 are both off
         "dataset_size": len(train_split),
         "train_hmac_sha256": digest.hexdigest(),
     }
@@ -98,6 +104,7 @@ def read_resume_metadata(path: Path | None, config: TrainConfig) -> dict[str, An
 
 def check_fingerprint(path: Path, saved: dict[str, Any], want: dict[str, Any]) -> None:
     """Refuses a checkpoint written by a run with other settings or other data."""
+    saved = FINGERPRINT_DEFAULTS | saved
     changed = {k: (saved.get(k), v) for k, v in want.items() if saved.get(k) != v}
     if changed.pop("train_hmac_sha256", None) is not None:
         changed["training data"] = ("(keyed hash)", "differs")

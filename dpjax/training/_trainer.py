@@ -28,7 +28,7 @@ import dpjax.ghost
 from dpjax import _validation
 from dpjax.data import Dataset, Split, load_dataset
 from dpjax.models import FunctionalModel, check_no_batchnorm, make_model
-from dpjax.training import _checkpoint, _resume
+from dpjax.training import _checkpoint, _levers, _resume
 from dpjax.training._config import RunPlan, TrainConfig, plan_run
 
 PyTree = Any
@@ -77,7 +77,8 @@ class TrainResult:
     Attributes:
       summary: the JSON summary (dataset, model, test_accuracy, epsilon, delta,
         noise_multiplier, sampling_rate, steps, clip_norm, wall_seconds, ...).
-      params: the trained parameters.
+      params: the trained parameters: their exponential moving average when
+        `config.ema_decay` is set (`summary["evaluated_params"]` says which).
       history: one dict per evaluation (also written as JSON lines).
     """
 
@@ -107,11 +108,23 @@ class _Outputs:
 
 @dataclasses.dataclass
 class _State:
-    """The mutable part of a run: parameters, optimizer state and steps done."""
+    """The mutable part of a run: parameters, optimizer state, steps done, and the EMA if kept."""
 
     params: PyTree
     opt_state: Any
     steps_done: int
+    ema: PyTree | None = None
+
+    @property
+    def tree(self) -> tuple:
+        """What a checkpoint holds: `(params, opt_state)`, and the EMA when kept."""
+        base = (self.params, self.opt_state)
+        return base if self.ema is None else (*base, self.ema)
+
+    @property
+    def evaluated(self) -> PyTree:
+        """The parameters evaluated and returned: the EMA when kept, else the last ones."""
+        return self.params if self.ema is None else self.ema
 
 
 def train(
@@ -171,7 +184,13 @@ def train(
     **Privacy:** batches are Poisson-sampled with rate q = batch_size / N; each
     step clips every example's gradient to `clip_norm`, sums, adds
     N(0, (sigma * clip_norm)^2) noise once and divides by the expected batch
-    size; the accountant records every step before its result leaves the step
+    size (with `noise_schedule`, step t uses sigma_t and records
+    `PoissonGaussianSteps(sigma_t, q)`; with `clip_groups`, layer g is clipped
+    to C_g and the sum's sensitivity is sqrt(sum_g C_g^2) = clip_norm; with
+    `augmult`, an example's loss is the mean over its augmentations before
+    clipping; the EMA of `ema_decay` is post-processing: none of these spends
+    more than the accountant records);
+    the accountant records every step before its result leaves the step
     (an interrupted step's output is discarded), and the loop stops before the
     step that would exceed `target_epsilon`. Only the parameters carry the
     (epsilon, delta) guarantee: the training loss, validation and test metrics
@@ -195,6 +214,12 @@ def train(
         fingerprint = _resume.fingerprint(config, data.train, seed)
         if resume:
             _resume.check_fingerprint(outputs.checkpoint, resume["fingerprint"], fingerprint)
+    augmult = config.augmult if config.augmult >= 2 else 0
+    if augmult and len(data.input_shape) != 3:
+        raise ValueError(
+            f"augmult={config.augmult} augments images, but dataset {data.name!r} has inputs of "
+            f"shape {tuple(data.input_shape)}, not (H, W, C); pass augmult=0 for other inputs."
+        )
     n = len(data.train)
     plan = plan_run(config, n)
     model = model or make_model(  # the initialisation is not secret: 31 bits are plenty
@@ -203,6 +228,7 @@ def train(
     if not config.not_private:
         check_no_batchnorm(model)
     loss = loss or classification_loss
+    clip = _levers.group_clip_norms(config.clip_groups, config.clip_norm, model.params)
     sampler = dpjax.PoissonSampler(
         n,
         expected_batch_size=config.batch_size,
@@ -211,7 +237,9 @@ def train(
     )
     noise_key = dpjax.key_from_seed(dpjax.derive_seed(seed, 1))
     tracker = _tracker(config, plan, n, outputs.checkpoint, resume)
-    clipping, clipper = _clipper(config, model, loss, data.train, sampler.microbatch_size)
+    clipping, clipper = _clipper(
+        config, model, loss, data.train, sampler.microbatch_size, clip=clip, flip=_flips(data)
+    )
     tx = optax.chain(_noisy_mean(config, plan, noise_key), _optimizer(config.optimizer, config.lr))
     update = dpjax.private_update(clipper, tx)
 
@@ -219,11 +247,29 @@ def train(
     def step(params, opt_state, x_all, y_all, indices, mask):
         return update(params, opt_state, (x_all[indices], y_all[indices]), mask)
 
-    state = _State(model.params, tx.init(model.params), 0)
+    # Augmentation randomness: its own stream (never the noise's), one key per step and example.
+    augment_key = dpjax.key_from_seed(dpjax.derive_seed(seed, 4)) if augmult else None
+
+    @jax.jit
+    def augmented_step(params, opt_state, x_all, y_all, indices, mask, step_key):
+        keys = jax.vmap(lambda i: jax.random.key_data(jax.random.fold_in(step_key, i)))(indices)
+        return update(params, opt_state, (x_all[indices], y_all[indices], keys), mask)
+
+    def run_step(t, params, opt_state, x_all, y_all, indices, mask):
+        if augment_key is None:
+            return step(params, opt_state, x_all, y_all, indices, mask)
+        key_t = jax.random.fold_in(augment_key, t)
+        return augmented_step(params, opt_state, x_all, y_all, indices, mask, key_t)
+
+    ema_decay = config.ema_decay
+    ema_step = jax.jit(lambda ema, params, t: _levers.ema_update(ema, params, ema_decay or 0.0, t))
+    state = _State(
+        model.params, tx.init(model.params), 0, None if ema_decay is None else model.params
+    )
     if resume and outputs.checkpoint is not None:
-        (state.params, state.opt_state), _ = _checkpoint.load_checkpoint(
-            outputs.checkpoint, (state.params, state.opt_state)
-        )
+        restored, _ = _checkpoint.load_checkpoint(outputs.checkpoint, state.tree)
+        state.params, state.opt_state = restored[0], restored[1]
+        state.ema = restored[2] if ema_decay is not None else None
         state.steps_done = resume["step"]
         _resume.check_resumed_state(
             outputs.checkpoint, state.steps_done, tracker, state.opt_state, noise_key
@@ -238,7 +284,7 @@ def train(
                 "fingerprint": fingerprint,
                 "accounting": None if tracker is None else tracker.state_dict(),
             }
-            _checkpoint.save_checkpoint(outputs.checkpoint, (state.params, state.opt_state), meta)
+            _checkpoint.save_checkpoint(outputs.checkpoint, state.tree, meta)
 
     evaluator = _Evaluator(model.apply, loss, classification=loss is classification_loss)
     log = _Log(outputs.log, _progress(plan.steps, _label(config), progress), tracker, start)
@@ -249,24 +295,33 @@ def train(
         if tracker is None
         else dpjax.PoissonGaussianSteps(plan.noise_multiplier, plan.sampling_rate)
     )
+    schedule = plan.noise_schedule
     x_all, y_all = jnp.asarray(data.train.x), jnp.asarray(data.train.y)
     stop_reason, interrupted = "completed", False
     try:
         for t in range(state.steps_done, plan.steps):
             batch = sampler.sample(t)
-            new = step(state.params, state.opt_state, x_all, y_all, batch.indices, batch.mask)
+            new = run_step(
+                t, state.params, state.opt_state, x_all, y_all, batch.indices, batch.mask
+            )
+            new_ema = None  # the average after step t (post-processing of its parameters)
+            if state.ema is not None:
+                new_ema = ema_step(state.ema, new[0], jnp.asarray(t, jnp.int32))
             # Checked and recorded BEFORE the new parameters leave the step: a refused or
             # interrupted step's output is discarded (nothing released).
             if tracker is not None and release is not None:
+                if schedule is not None:  # step t was noised with the schedule's sigma_t
+                    release = dpjax.PoissonGaussianSteps(schedule.at(t), plan.sampling_rate)
                 try:
                     tracker.record(release)
                 except dpjax.BudgetExceededError:
                     stop_reason = "budget"
                     break
             (state.params, state.opt_state), state.steps_done = new, t + 1
+            state.ema = new_ema
             log.step()
             if state.steps_done % config.eval_every == 0:
-                log.evaluation(state.steps_done, evaluator(state.params, data.validation))
+                log.evaluation(state.steps_done, evaluator(state.evaluated, data.validation))
             if state.steps_done % outputs.checkpoint_every == 0:
                 save()
     except KeyboardInterrupt:
@@ -276,9 +331,10 @@ def train(
     save()
 
     if not interrupted and (not log.history or log.history[-1]["step"] != state.steps_done):
-        log.evaluation(state.steps_done, evaluator(state.params, data.validation))
-    test = evaluator(state.params, data.test) if not interrupted else (math.nan, math.nan)
+        log.evaluation(state.steps_done, evaluator(state.evaluated, data.validation))
+    test = evaluator(state.evaluated, data.test) if not interrupted else (math.nan, math.nan)
     summary = _summary(config, data, plan, sampler, tracker, clipping, log.history, test)
+    summary |= _lever_summary(config, plan, clip, augmult)
     summary |= {
         "steps": state.steps_done,
         "stop_reason": stop_reason,
@@ -291,7 +347,7 @@ def train(
         raise KeyboardInterrupt(
             f"interrupted after {state.steps_done} steps; epsilon spent {summary['epsilon']:.4g}"
         )
-    return TrainResult(summary=summary, params=state.params, history=log.history)
+    return TrainResult(summary=summary, params=state.evaluated, history=log.history)
 
 
 # ----------------------------------------------------------------------- the pieces
@@ -346,19 +402,33 @@ def _losses(apply: Callable, loss: Loss) -> Callable[[PyTree, PyTree], jax.Array
 
 
 def _clipper(
-    config: TrainConfig, model: FunctionalModel, loss: Loss, train_split: Split, microbatch: int
+    config: TrainConfig,
+    model: FunctionalModel,
+    loss: Loss,
+    train_split: Split,
+    microbatch: int,
+    *,
+    clip: float | dpjax.GroupClipNorms | None = None,
+    flip: bool = False,
 ) -> tuple[str, Callable[[PyTree, PyTree, jax.Array], dpjax.ClippedSum]]:
-    """The clipper the configuration asks for: ghost when asked (or 'auto' and possible), else vmap."""
+    """The clipper the configuration asks for: ghost when asked (or 'auto' and possible), else vmap.
+
+    `clip` is the clip norm or per-layer norms (default `config.clip_norm`).
+    With `config.augmult >= 2` it is the vmap clipper of
+    :func:`_levers.augmult_loss`, whose batch is `(x, y, key_data)`.
+    """
+    clip = config.clip_norm if clip is None else clip
     losses_fn = _losses(model.apply, loss)
     if config.not_private:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", dpjax.NotPrivateWarning)  # warned once, in _noisy_mean
             return "none", dpjax.not_private_grads(losses_fn)
-    if config.clipping != "vmap":
+    augmult = config.augmult >= 2
+    if config.clipping != "vmap" and not augmult:  # ghost norms are per row, augmult's per example
         probe = (jnp.asarray(train_split.x[:2]), jnp.asarray(train_split.y[:2]))
         ok = dpjax.ghost.is_ghost_compatible(losses_fn, model.params, probe)
         if ok:
-            return "ghost", dpjax.ghost.ghost_clipped_grads(losses_fn, l2_norm=config.clip_norm)
+            return "ghost", dpjax.ghost.ghost_clipped_grads(losses_fn, l2_norm=clip)
         if config.clipping == "ghost":
             raise ValueError(
                 f"clipping='ghost' but model={config.model!r} cannot be clipped in one backward "
@@ -370,10 +440,16 @@ def _clipper(
         x, y = example
         return loss(model.apply(params, x[None])[0], y)
 
-    grads = dpjax.per_example_grads(one_loss)
-    return "vmap", dpjax.accumulate_clipped_grads(
-        grads, l2_norm=config.clip_norm, microbatch_size=microbatch
-    )
+    per_example_loss: Callable[[PyTree, PyTree], jax.Array] = one_loss
+    if augmult:
+        per_example_loss = _levers.augmult_loss(model.apply, loss, config.augmult, flip=flip)
+    grads = dpjax.per_example_grads(per_example_loss)
+    return "vmap", dpjax.accumulate_clipped_grads(grads, l2_norm=clip, microbatch_size=microbatch)
+
+
+def _flips(data: Dataset) -> bool:
+    """Whether augmentations may mirror the images (flip-invariant data sets only)."""
+    return data.name in _levers.FLIP_DATASETS
 
 
 def _noisy_mean(config: TrainConfig, plan: RunPlan, key: jax.Array) -> optax.GradientTransformation:
@@ -385,6 +461,8 @@ def _noisy_mean(config: TrainConfig, plan: RunPlan, key: jax.Array) -> optax.Gra
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", dpjax.NotPrivateWarning)
             return dpjax.non_private_mean(config.batch_size)
+    if plan.noise_schedule is not None:  # sigma_t at the noise stage's own step counter
+        return dpjax.noisy_mean(plan.noise_schedule, config.batch_size, key)
     return dpjax.noisy_mean(plan.noise_multiplier, config.batch_size, key)
 
 
@@ -502,6 +580,24 @@ def _summary(
         "epochs": config.epochs,
         "device": jax.devices()[0].device_kind,
         "accounting_state": None if tracker is None else tracker.state_dict(),
+    }
+
+
+def _lever_summary(
+    config: TrainConfig,
+    plan: RunPlan,
+    clip: float | dpjax.GroupClipNorms,
+    augmult: int,
+) -> dict[str, Any]:
+    """What the levers did: the sigma phases, the per-layer norms, the EMA, the augmult."""
+    return {
+        "noise_schedule": config.noise_schedule,
+        "noise_phases": [[sigma, steps] for sigma, steps in plan.phases],
+        "clip_groups": config.clip_groups,
+        "clip_norms": dict(clip.norms) if isinstance(clip, dpjax.GroupClipNorms) else None,
+        "ema_decay": config.ema_decay,
+        "evaluated_params": "final" if config.ema_decay is None else "ema",
+        "augmult": augmult,
     }
 
 
