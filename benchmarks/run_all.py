@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("accounting", "speed", "scaling", "utility")
+BENCHMARKS = ("accounting", "speed", "scaling", "utility", "strategies")
 
 
 def main(argv: list[str] | None = None) -> int:

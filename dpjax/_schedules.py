@@ -10,10 +10,11 @@ ran. Any optax-style schedule (a function of the step) becomes one with
 :meth:`NoiseSchedule.from_schedule`; :func:`calibrate_noise_schedule` keeps its
 shape and scales it to a target epsilon.
 
-Each sigma_t is rounded DOWN onto a geometric grid (relative spacing
-`resolution`, 5 % by default) and to a float32 value: less noise than the
-schedule asked (never more epsilon than accounted, since the accounted sigma is
-the rounded one), and few distinct phases, which keeps the PLD accountant fast.
+The schedule's shape is rounded DOWN onto a geometric grid (relative spacing
+`resolution`, 5 % by default), then scaled, then rounded down to a float32
+value: at most 5 % less noise than the schedule asked (and the accounted sigma
+is the rounded one, so what runs is what is accounted), and few distinct
+phases, which keeps the PLD accountant fast.
 
 References:
   Lee & Kifer, "Concentrated Differentially Private Gradient Descent with
@@ -145,15 +146,17 @@ class NoiseSchedule:
         if not (isinstance(resolution, (int, float)) and 0 <= resolution <= 0.5):
             raise ValueError(f"resolution={resolution!r} must lie in [0, 0.5]; e.g. 0.01.")
         scale = _validation.check_positive_float(scale, "scale", "1.0")
-        values = np.asarray(values, np.float64).reshape(-1) * scale
-        bad = ~(np.isfinite(values) & (values > 0))
+        values = np.asarray(values, np.float64).reshape(-1)
+        bad = ~(np.isfinite(values * scale) & (values > 0))
         if values.size == 0 or bad.any():
             t = int(np.argmax(bad)) if values.size else 0
             raise ValueError(
-                f"the schedule gives sigma={values[t] if values.size else None!r} at step {t}; "
-                "every step needs a finite noise multiplier > 0 (sigma = 0 is no privacy)."
+                f"the schedule gives sigma={values[t] * scale if values.size else None!r} at step "
+                f"{t}; every step needs a finite noise multiplier > 0 (sigma = 0 is no privacy)."
             )
-        sigmas = _round_down(values, float(resolution))
+        # The SHAPE goes on the grid, then the scale multiplies it: epsilon is then continuous in
+        # the scale (calibration lands within its tolerance) and equal grid values stay merged.
+        sigmas = _round_down(_round_down(values, float(resolution)) * scale, 0.0)
         starts = np.flatnonzero(np.r_[True, sigmas[1:] != sigmas[:-1]])
         counts = np.diff(np.r_[starts, sigmas.size])
         return cls(tuple((float(sigmas[i]), int(c)) for i, c in zip(starts, counts, strict=True)))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+from collections.abc import Sequence
 from typing import Any
 
 import dp_accounting
@@ -88,6 +89,7 @@ class PrivacyTracker:
         self._dataset_size = None if dataset_size is None else int(dataset_size)
         self._releases: tuple[Release, ...] = ()
         self._phase_limit: int | None = None  # steps the last DP-SGD record may reach, if known
+        self._reserved: tuple[Release, ...] | None = None  # a checked future (see `reserve`)
         self._eps: float | None = 0.0
 
     # -- read-only views
@@ -159,17 +161,17 @@ class PrivacyTracker:
         return self._eps
 
     def _appended(self, release: Release) -> tuple[Release, ...]:
-        if self._releases:
-            merged = _releases.merge(self._releases[-1], release)
-            if merged is not None:
-                return (*self._releases[:-1], merged)
-        return (*self._releases, release)
+        return _appended_to(self._releases, release)
 
     def _check(self, release: Release) -> float | None:
         """None if `release` fits the budget, else the epsilon it would reach."""
         if self._target == math.inf:
             return None
         after = self._appended(release)
+        if self._reserved is not None and _is_prefix(after, self._reserved):
+            return None  # a prefix of a run already checked to fit (epsilon grows with releases)
+        if self._accountant == "pld" and self._rdp_fits(after):
+            return None  # RDP's epsilon is also a valid bound: below the target, the release fits
         last = after[-1]
         extends = len(after) == len(self._releases) and isinstance(last, PoissonGaussianSteps)
         if extends and isinstance(last, PoissonGaussianSteps):
@@ -183,6 +185,44 @@ class PrivacyTracker:
                 return None
         eps = self._epsilon(after)
         return None if eps <= self._target else eps
+
+    def _rdp_fits(self, releases: tuple[Release, ...]) -> bool:
+        """A fast sufficient check: the RDP epsilon (an upper bound as valid as PLD's) fits.
+
+        PLD composes every phase again when a new sigma appears (a sigma schedule);
+        RDP composes in microseconds. Far from the budget it settles the check; near
+        it, or for releases RDP cannot compose, the exact PLD check decides.
+        """
+        try:
+            eps = _accounting.epsilon_of_releases(releases, self._delta, "rdp")
+        except (ValueError, dp_accounting.UnsupportedEventError):
+            return False
+        return eps <= self._target
+
+    def reserve(self, releases: Sequence[Release]) -> bool:
+        """Checks once that `releases`, after what is recorded, fit the budget.
+
+        Nothing is recorded. If they fit, every later :meth:`record` that follows
+        them (a prefix of them) is accepted without recomputing epsilon: a planned
+        noise schedule is then checked once instead of at every new sigma. A
+        release off the reserved path is checked as usual.
+
+        Args:
+          releases: the planned releases, in order (e.g. `NoiseSchedule.releases(q)`).
+
+        Returns:
+          Whether they fit (if not, nothing is reserved and every record is
+          checked on its own).
+
+        Raises:
+          ValueError: if an element is not a release record.
+        """
+        future = self._releases
+        for release in releases:
+            future = _appended_to(future, _check_release(release))
+        fits = self._target == math.inf or self._epsilon(future) <= self._target
+        self._reserved = future if fits else None
+        return fits
 
     def can_record(self, release: Release) -> bool:
         """Whether `release` keeps epsilon within the target."""
@@ -313,6 +353,33 @@ class PrivacyTracker:
             f"sampling_rate={self._q}, accountant={self._accountant!r}, steps={self.steps}, "
             f"releases={len(self._releases)})"
         )
+
+
+def _appended_to(releases: tuple[Release, ...], release: Release) -> tuple[Release, ...]:
+    """`releases` followed by `release`, merged into the last record when they are alike."""
+    if releases:
+        merged = _releases.merge(releases[-1], release)
+        if merged is not None:
+            return (*releases[:-1], merged)
+    return (*releases, release)
+
+
+def _is_prefix(releases: tuple[Release, ...], path: tuple[Release, ...]) -> bool:
+    """Whether `releases` is a prefix of `path` (the last record may hold fewer steps)."""
+    if not releases or len(releases) > len(path):
+        return False
+    head, last = releases[:-1], releases[-1]
+    if head != path[: len(head)]:
+        return False
+    target = path[len(head)]
+    if last == target:
+        return True
+    return (
+        isinstance(last, PoissonGaussianSteps)
+        and isinstance(target, PoissonGaussianSteps)
+        and dataclasses.replace(last, steps=target.steps) == target
+        and last.steps <= target.steps
+    )
 
 
 def _check_release(release: object) -> Release:

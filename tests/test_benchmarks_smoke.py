@@ -1,12 +1,14 @@
-"""Smoke tests of the benchmarks (tiny shapes): speed.py, scaling.py, accounting.py."""
+"""Smoke tests of the benchmarks (tiny shapes): speed.py, scaling.py, accounting.py, strategies.py."""
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib
 import math
 import pathlib
 import sys
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +24,7 @@ sys.path.insert(0, str(BENCH))
 speed = importlib.import_module("speed")
 scaling = importlib.import_module("scaling")
 accounting = importlib.import_module("accounting")
+strategies = importlib.import_module("strategies")
 
 TINY = {
     "mlp": {"input_shape": (28, 28, 1), "num_classes": 10, "hidden": (8,)},
@@ -195,3 +198,41 @@ def test_quick_plans_are_small():
         math.prod((len(speed.QUICK["grid"]), len(speed.JAX_MODES) + len(speed.TORCH_MODES))) <= 28
     )
     assert speed.QUICK["steps"] >= 20 and scaling.QUICK["steps"] >= 20
+
+
+def test_strategies_quick_plan_is_small_and_the_full_plan_is_the_issues():
+    a, b = strategies.QUICK_LINEAR, strategies.QUICK_CNN
+    assert a.features * a.batch_size * a.steps <= 10**6 and a.seeds == 1 and len(a.lrs) == 1
+    assert a.train_size is not None and a.train_size <= 5000
+    assert b.steps is not None and b.steps <= 5 and b.seeds == 1 and b.subsample <= 1000
+    assert not b.singles and b.combine == "all"  # two runs: dense and every lever together
+    assert strategies.QUICK_JSON.parent.name == "quick"  # never the published results
+    full = strategies.LinearPlan()
+    assert full.features >= 10_000 and full.epsilon == 1.0 and full.seeds == 3
+    assert set(full.sources) == {"ema", "warmup", "random"} and len(full.fractions) >= 4
+    assert strategies.CnnPlan().epsilons == (3.0,)
+    assert "strategies" in importlib.import_module("run_all").BENCHMARKS
+
+
+def test_strategies_linear_methods_train_within_the_budget():
+    rng = np.random.default_rng(0)
+
+    def split(n):
+        return SimpleNamespace(
+            x=rng.uniform(size=(n, 28, 28, 1)).astype(np.float32),
+            y=rng.integers(0, 10, n).astype(np.int32),
+        )
+
+    data = SimpleNamespace(train=split(256), validation=split(16), test=split(16))
+    plan = dataclasses.replace(
+        strategies.QUICK_LINEAR, features=32, batch_size=32, steps=3, train_size=None
+    )
+    case = strategies.LinearCase(plan, data)
+    for method in strategies.linear_methods(plan):
+        rec = case._train(method, lr=0.1, seed=0)
+        assert rec["finite_params"], method
+        assert 0.0 <= rec["test_accuracy"] <= 1.0
+        if method.kind == "not-private":
+            assert rec["epsilon"] is None
+        else:
+            assert 0.5 * plan.epsilon < rec["epsilon"] <= plan.epsilon, method

@@ -166,3 +166,26 @@ def test_many_steps_in_a_row_stay_one_record_and_stop_exactly_at_the_budget():
     assert dpjax.compute_epsilon(1.0, n, 0.01, DELTA) <= 0.5
     assert dpjax.compute_epsilon(1.0, n + 1, 0.01, DELTA) > 0.5
     assert np.isclose(tracker.epsilon_spent(), dpjax.compute_epsilon(1.0, n, 0.01, DELTA))
+
+
+def test_a_reserved_schedule_is_checked_once_and_a_release_off_it_as_usual():
+    q = 0.02
+    schedule = dpjax.NoiseSchedule(((2.0, 30), (1.2, 20)))
+    total = schedule.epsilon(q, 1e-5)
+    tracker = dpjax.PrivacyTracker(total * 1.0001, 1e-5, sampling_rate=q)
+    assert tracker.reserve(schedule.releases(q))
+    assert tracker.releases == ()  # nothing recorded by reserving
+    for t in range(schedule.steps):
+        tracker.record(dpjax.PoissonGaussianSteps(schedule.at(t), q))
+    assert tracker.epsilon_spent() == pytest.approx(total, rel=1e-12)
+    # Past the reserved path every release is checked on its own: the budget is spent.
+    assert not tracker.can_record(dpjax.PoissonGaussianSteps(1.2, q))
+    with pytest.raises(dpjax.BudgetExceededError):
+        tracker.record(dpjax.PoissonGaussianSteps(schedule.at(0), q))
+    small = dpjax.PrivacyTracker(total / 2, 1e-5, sampling_rate=q)
+    assert not small.reserve(schedule.releases(q))  # does not fit: nothing reserved
+    steps = 0
+    while small.can_record(dpjax.PoissonGaussianSteps(schedule.at(steps), q)):
+        small.record(dpjax.PoissonGaussianSteps(schedule.at(steps), q))
+        steps += 1
+    assert small.epsilon_spent() <= total / 2 and 0 < steps < schedule.steps

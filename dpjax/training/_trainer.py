@@ -296,6 +296,11 @@ def train(
         else dpjax.PoissonGaussianSteps(plan.noise_multiplier, plan.sampling_rate)
     )
     schedule = plan.noise_schedule
+    if tracker is not None and schedule is not None and state.steps_done < plan.steps:
+        # Check the planned rest of the schedule once; each step is still recorded before it
+        # is released, and one off the plan would be checked on its own.
+        rest = [schedule.at(t) for t in range(state.steps_done, min(plan.steps, schedule.steps))]
+        tracker.reserve([dpjax.PoissonGaussianSteps(s, plan.sampling_rate) for s in rest])
     x_all, y_all = jnp.asarray(data.train.x), jnp.asarray(data.train.y)
     stop_reason, interrupted = "completed", False
     try:

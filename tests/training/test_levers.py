@@ -405,7 +405,7 @@ def test_cli_trains_with_every_lever_and_prints_them(tmp_path, capsys):
     assert s["ema_decay"] == 0.9 and s["evaluated_params"] == "ema"
     assert s["augmult"] == 2 and s["clipping"] == "vmap"
     printed = capsys.readouterr().out
-    assert "levers: noise schedule exponential:0.5 (sigma 1.98 -> 1 in 4 phases)" in printed
+    assert "levers: noise schedule exponential:0.5 (sigma 2 -> 0.962 in 4 phases)" in printed
     assert "clip groups equal (2 layers), parameter EMA decay 0.9" in printed
     assert "augmult 2" in printed
 
