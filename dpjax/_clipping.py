@@ -533,7 +533,9 @@ def _scheduled_clip(schedule: Callable[[jax.Array], Any]) -> optax.GradientTrans
         clipped = clip_and_sum_unchecked(scaled, 1.0, mask, support=support)
         # An invalid C_t makes the release NaN (never unclipped or un-noised).
         out = dataclasses.replace(clipped, scale=jnp.where(ok, c, jnp.nan))
-        return out, ScheduledClipState(clipped.stats, optax.safe_increment(state.count))
+        return out, ScheduledClipState(
+            clipped.stats, jnp.asarray(optax.safe_increment(state.count))
+        )
 
     return optax.GradientTransformationExtraArgs(
         init_fn, cast(optax.TransformUpdateExtraArgsFn, update_fn)

@@ -395,8 +395,9 @@ def gaussian_mechanism(
         else:
             std = sigma * delta
         noisy, state = _noised(updates.sum, std, state, updates.support)
-        if updates.scale is not None:  # a clip-norm schedule's C_t (public), after the noise
-            noisy = jax.tree.map(lambda x: x * updates.scale.astype(x.dtype), noisy)
+        scale = updates.scale
+        if scale is not None:  # a clip-norm schedule's C_t (public), after the noise
+            noisy = jax.tree.map(lambda x: x * jnp.asarray(scale, x.dtype), noisy)
         return noisy, state
 
     return optax.GradientTransformationExtraArgs(noise.init, update_fn)
