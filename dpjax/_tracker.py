@@ -11,6 +11,7 @@ state round-trips through JSON, so a resumed run continues the account.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import numbers
 from collections.abc import Sequence
@@ -193,10 +194,15 @@ class PrivacyTracker:
         RDP composes in microseconds. Far from the budget it settles the check; near
         it, or for releases RDP cannot compose, the exact PLD check decides.
         """
+        absl = logging.getLogger("absl")
+        level = absl.level
+        absl.setLevel(logging.ERROR)  # RDP orders that fail to converge are dropped (still a bound)
         try:
             eps = _accounting.epsilon_of_releases(releases, self._delta, "rdp")
         except (ValueError, dp_accounting.UnsupportedEventError):
             return False
+        finally:
+            absl.setLevel(level)
         return eps <= self._target
 
     def reserve(self, releases: Sequence[Release]) -> bool:
