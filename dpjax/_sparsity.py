@@ -21,9 +21,7 @@ References:
   Zhu & Blaschko, "Improving Differentially Private SGD via Randomly Sparsified
   Gradients", TMLR 2023 (arXiv 2112.00845, 2021).
   Zhou, Wu, Banerjee, "Bypassing the Ambient Dimension: Private SGD with
-  Gradient Subspace Identification", ICLR 2021 (supports from public values).
-  Liu, Wang, Lin, Shen, "DPSUR / top-k from historical noisy gradients" (line
-  of work on supports from released updates).
+  Gradient Subspace Identification", ICLR 2021 (subspaces from public values).
 """
 
 from __future__ import annotations
