@@ -17,11 +17,23 @@ partitioning would not keep the per-example work local, wraps the clipper.
   microbatch per device (its `lax.scan` would otherwise make XLA all-gather
   the batch), and valid for the vmap and ghost clippers too.
 
-Not done yet: several hosts (`jax.distributed.initialize`), FSDP-sharded
-parameters.
+Several hosts (one process each, `jax.distributed.initialize`):
+
+* :func:`initialize`: joins the run (Gloo collectives on CPU).
+* :func:`process_rows`: the rows of a global batch this process's devices hold.
+* :func:`replicate_across_processes`: parameters and optimizer state (the same
+  on every process, noise key included) on every device of every process.
+* :func:`shard_global_batch`: one global Poisson batch (the same secret seed on
+  every process), each process loading and placing only its rows.
+
+Not done yet: FSDP-sharded parameters, sharded noise.
 """
 
 from dpjax.distributed._data_parallel import data_mesh as data_mesh
 from dpjax.distributed._data_parallel import data_parallel as data_parallel
 from dpjax.distributed._data_parallel import replicate as replicate
 from dpjax.distributed._data_parallel import shard_batch as shard_batch
+from dpjax.distributed._multihost import initialize as initialize
+from dpjax.distributed._multihost import process_rows as process_rows
+from dpjax.distributed._multihost import replicate_across_processes as replicate_across_processes
+from dpjax.distributed._multihost import shard_global_batch as shard_global_batch

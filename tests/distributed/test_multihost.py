@@ -1,0 +1,159 @@
+"""Two processes on localhost (Gloo CPU collectives) train exactly as one process does.
+
+`_two_processes.py` runs two DP-SGD steps, once as a single process (1 CPU device) and once
+as two processes joined by `dpjax.distributed.initialize` (2 CPU devices each, a mesh of 4),
+each loading only its rows of the same global Poisson batch. Both print their parameters as
+JSON; the processes must agree exactly, and with the single process to fp tolerance. If this
+jaxlib cannot run a multi-process CPU backend (no Gloo), the test is skipped with the error.
+"""
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import dpjax
+import dpjax.distributed as dd
+
+SCRIPT = pathlib.Path(__file__).with_name("_two_processes.py")
+TIMEOUT_S = 120
+ATOL = 1e-5
+
+
+def _env(devices):
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
+    flags.append(f"--xla_force_host_platform_device_count={devices}")
+    return dict(os.environ, XLA_FLAGS=" ".join(flags), JAX_PLATFORMS="cpu")
+
+
+def _free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _last_json(stdout):
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    return json.loads(lines[-1]) if lines else None
+
+
+def _launch_two():
+    """Runs both processes; returns (results, stderr tails), killing both on any failure."""
+    address = f"127.0.0.1:{_free_port()}"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(SCRIPT), address, "2", str(i)],
+            env=_env(2),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    try:
+        outs = [p.communicate(timeout=TIMEOUT_S) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    return [
+        (p.returncode, _last_json(out), err[-3000:])
+        for p, (out, err) in zip(procs, outs, strict=True)
+    ]
+
+
+@pytest.fixture(scope="module")
+def runs():
+    single = subprocess.run(
+        [sys.executable, str(SCRIPT)],
+        env=_env(1),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    for attempt in range(2):  # a second try only if the setup failed (e.g. the port was taken)
+        two = _launch_two()
+        errors = [r["setup_error"] for _, r, _ in two if r and "setup_error" in r]
+        if not errors:
+            break
+        if any("gloo" in e.lower() or "collective" in e.lower() for e in errors):
+            pytest.skip(f"no multi-process CPU collectives in this jaxlib: {errors[0]}")
+        if attempt == 1:
+            pytest.fail(f"jax.distributed.initialize failed twice: {errors}")
+    for code, result, err in two:
+        assert code == 0 and result is not None, err
+    return _last_json(single.stdout), [r for _, r, _ in two]
+
+
+def test_two_processes_share_one_global_run(runs):
+    single, (p0, p1) = runs
+    assert (p0["process"], p1["process"]) == (0, 1)
+    for p in (p0, p1):
+        assert p["processes"] == 2 and p["devices"] == 4 and p["local_devices"] == 2, p
+        assert p["replicated"]
+    assert single["processes"] == 1 and single["devices"] == 1
+    # The same seed gives the same global batches on both processes (and on one process).
+    assert p0["sizes"] == p1["sizes"] == single["sizes"]
+    assert p0["padded_sizes"] == p1["padded_sizes"]
+    assert all(s % 4 == 0 for s in p0["padded_sizes"])
+    # Each process holds only its half of every (padded) batch, and the halves tile it.
+    for t, size in enumerate(p0["padded_sizes"]):
+        assert p0["rows"][t] == [0, size // 2] and p1["rows"][t] == [size // 2, size]
+    assert p0["loaded"] == p1["loaded"] == sum(p0["padded_sizes"]) // 2
+    # The accountant ran once, on process 0, with the same result as one process.
+    assert p1["epsilon"] is None and p0["epsilon"] == single["epsilon"] > 0
+
+
+def test_parameters_agree_exactly_across_processes_and_with_one_process(runs):
+    single, (p0, p1) = runs
+    assert p0["params"] == p1["params"]  # bitwise: one replicated computation
+    assert single["moved"] > 1e-2  # two noisy steps did move the parameters
+    for name, want in single["params"].items():
+        np.testing.assert_allclose(np.asarray(p0["params"][name]), want, atol=ATOL, rtol=0)
+
+
+# ------------------------------------------------------------------ this process, no runtime
+
+
+def test_initialize_refuses_bad_arguments():
+    with pytest.raises(ValueError, match="coordinator_address"):
+        dd.initialize("localhost", 2, 0)
+    with pytest.raises(ValueError, match="coordinator_address"):
+        dd.initialize("localhost:99999", 2, 0)
+    with pytest.raises(ValueError, match="num_processes"):
+        dd.initialize("localhost:1234", 0, 0)
+    with pytest.raises(ValueError, match="process_id"):
+        dd.initialize("localhost:1234", 2, 2)
+    with pytest.raises(ValueError, match="process_id"):
+        dd.initialize("localhost:1234", 2, -1)
+    with pytest.raises(ValueError, match="initialization_timeout"):
+        dd.initialize("localhost:1234", 2, 0, initialization_timeout=0)
+
+
+def test_global_batch_on_one_process_is_shard_batch():
+    mesh = dd.data_mesh()
+    d = mesh.shape["data"]
+    x = np.arange(20, dtype=np.float32).reshape(10, 2)
+    sample = dpjax.PoissonSampler(10, expected_batch_size=5, seed=4, microbatch_size=1).sample(0)
+    (bx, by), mask = dd.shard_global_batch(sample, lambda i: (x[i], i), mesh, microbatch_size=2)
+    size = -(-len(sample.indices) // (2 * d)) * 2 * d
+    assert bx.shape == (size, 2) and mask.shape == (size,)
+    assert int(mask.sum()) == sample.size
+    np.testing.assert_array_equal(np.asarray(bx)[: sample.size], x[sample.indices[: sample.size]])
+    assert dd.process_rows(size, mesh) == slice(0, size)
+    with pytest.raises(ValueError, match="batch_size"):
+        dd.process_rows(0, mesh)
+    if d > 1:
+        with pytest.raises(ValueError, match="multiple"):
+            dd.process_rows(2 * d + 1, mesh)
+    with pytest.raises(ValueError, match="dpjax.Batch"):
+        dd.shard_global_batch((1, 2), lambda i: i, mesh)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="rows"):
+        dd.shard_global_batch(sample, lambda i: x, mesh)
