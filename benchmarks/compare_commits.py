@@ -23,12 +23,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
-import importlib.metadata
 import json
 import os
 import pathlib
-import platform
 import shlex
 import statistics
 import subprocess
@@ -36,6 +33,9 @@ import sys
 import tempfile
 import time
 from typing import Any
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import common  # noqa: E402  (benchmarks/common.py: the machine description)
 
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -122,25 +122,6 @@ def medians_by_config(payload: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def machine_info() -> dict[str, Any]:
-    versions = {}
-    for name in ("jax", "jaxlib", "numpy", "optax", "flax"):
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return {
-        "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "jax": versions["jax"],
-        "versions": versions,
-    }
-
-
 def summarize(
     before: list[dict[str, float]], after: list[dict[str, float]]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -205,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     t_start = time.perf_counter()
-    machine = machine_info()
+    machine = common.machine_description()
     machine["loadavg_start"] = os.getloadavg()
     shas = {"before": git("rev-parse", args.before), "after": git("rev-parse", args.after)}
     trees = {"before": args.before_dir.resolve(), "after": args.after_dir.resolve()}

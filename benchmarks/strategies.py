@@ -895,6 +895,11 @@ def print_tables(payload: dict[str, Any]) -> None:
             print(f"eps={p['epsilon']:g} {p['name']:<30} {_acc(p):<16} {p['n_seeds']} seed(s)")
 
 
+def _override(plan: Any, **values: Any) -> Any:
+    """`plan` with the fields given on the command line (the values that are not None)."""
+    return dataclasses.replace(plan, **{k: v for k, v in values.items() if v is not None})
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny plan (< 1 min), results/quick/")
@@ -936,39 +941,27 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     linear = QUICK_LINEAR if args.quick else LinearPlan()
-    linear = dataclasses.replace(
+    linear = _override(
         linear,
-        **{
-            k: v
-            for k, v in {
-                "seeds": args.a_seeds,
-                "steps": args.a_steps,
-                "batch_size": args.a_batch_size,
-                "features": args.features,
-                "train_size": args.train_size,
-                "fractions": tuple(args.fractions) if args.fractions else None,
-                "sources": tuple(args.sources) if args.sources else None,
-                "lrs": tuple(args.lrs) if args.lrs else None,
-                "methods": tuple(args.methods) if args.methods else None,
-            }.items()
-            if v is not None
-        },
+        seeds=args.a_seeds,
+        steps=args.a_steps,
+        batch_size=args.a_batch_size,
+        features=args.features,
+        train_size=args.train_size,
+        fractions=tuple(args.fractions) if args.fractions else None,
+        sources=tuple(args.sources) if args.sources else None,
+        lrs=tuple(args.lrs) if args.lrs else None,
+        methods=tuple(args.methods) if args.methods else None,
     )
     cnn = QUICK_CNN if args.quick else CnnPlan()
-    cnn = dataclasses.replace(
+    cnn = _override(
         cnn,
-        **{
-            k: v
-            for k, v in {
-                "epochs": args.epochs,
-                "seeds": args.seeds,
-                "levers": tuple(args.levers) if args.levers is not None else None,
-                "epsilons": tuple(args.epsilons) if args.epsilons else None,
-                "augmult": args.augmult,
-                "combine": args.combine,
-            }.items()
-            if v is not None
-        },
+        epochs=args.epochs,
+        seeds=args.seeds,
+        levers=tuple(args.levers) if args.levers is not None else None,
+        epsilons=tuple(args.epsilons) if args.epsilons else None,
+        augmult=args.augmult,
+        combine=args.combine,
     )
     json_out = args.json_out or (QUICK_JSON if args.quick else DEFAULT_JSON)
 

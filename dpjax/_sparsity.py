@@ -254,12 +254,12 @@ def private_topk(
         return PrivateTopKState(inner.init(params), zeros, ones, jnp.zeros((), jnp.int32))
 
     def support_for(state: PrivateTopKState) -> PyTree:
-        dense = jax.tree.map(lambda m: jnp.ones(m.shape, bool), state.released)
         if source == "random":
             assert rng is not None
             step_key = jax.random.fold_in(rng, state.count)
             return random_support(step_key, state.released, k, per_leaf=per_leaf)
         top = topk_support(state.released, k, per_leaf=per_leaf)
+        dense = jax.tree.map(lambda m: jnp.ones(m.shape, bool), state.released)
         start = warmup_steps if source == "warmup" else 1
         use_dense = state.count < start
         return jax.tree.map(lambda d, t: jnp.where(use_dense, d, t), dense, top)

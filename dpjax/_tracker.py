@@ -171,18 +171,26 @@ class PrivacyTracker:
         after = self._appended(release)
         if self._reserved is not None and _is_prefix(after, self._reserved):
             return None  # a prefix of a run already checked to fit (epsilon grows with releases)
+        last = after[-1]
+        # The last DP-SGD record grew by this release (same sigma and q): its phase limit applies.
+        phase = (
+            last
+            if len(after) == len(self._releases) and isinstance(last, PoissonGaussianSteps)
+            else None
+        )
+        if phase is not None and self._phase_limit is not None:
+            if phase.steps <= int(self._phase_limit):
+                return None  # within the known limit of this phase: no epsilon to compute
         if self._accountant == "pld" and self._rdp_fits(after):
             return None  # RDP's epsilon is also a valid bound: below the target, the release fits
-        last = after[-1]
-        extends = len(after) == len(self._releases) and isinstance(last, PoissonGaussianSteps)
-        if extends and isinstance(last, PoissonGaussianSteps):
+        if phase is not None:
             if self._phase_limit is None:
                 prior = self._releases[:-1]
                 self._phase_limit = _accounting.largest_count(
-                    lambda t: self._epsilon((*prior, dataclasses.replace(last, steps=t))),
+                    lambda t: self._epsilon((*prior, dataclasses.replace(phase, steps=t))),
                     self._target,
                 )
-            if last.steps <= int(self._phase_limit):
+            if phase.steps <= int(self._phase_limit):
                 return None
         eps = self._epsilon(after)
         return None if eps <= self._target else eps

@@ -189,3 +189,27 @@ def test_a_reserved_schedule_is_checked_once_and_a_release_off_it_as_usual():
         small.record(dpjax.PoissonGaussianSteps(schedule.at(steps), q))
         steps += 1
     assert small.epsilon_spent() <= total / 2 and 0 < steps < schedule.steps
+
+
+def test_step_by_step_recording_stops_exactly_where_pld_says():
+    """The fast paths (RDP bound, phase limit) never let a step past the exact PLD budget."""
+    q, sigma, target = 0.01, 1.0, 1.0
+    limit = dpjax.max_steps(sigma, q, 1e-5, target)
+    tracker = dpjax.PrivacyTracker(target, 1e-5, sampling_rate=q)
+    recorded = 0
+    while tracker.can_step(sigma):
+        tracker.record_step(sigma)
+        recorded += 1
+    assert limit > 10 and recorded == limit and tracker.epsilon_spent() <= target
+    assert dpjax.compute_epsilon(sigma, limit + 1, q, 1e-5) > target
+    # A second sigma after a first phase: the next phase also stops at the exact composition.
+    two = dpjax.PrivacyTracker(target, 1e-5, sampling_rate=q)
+    for _ in range(limit // 2):
+        two.record_step(2.0)
+    extra = 0
+    while two.can_step(sigma):
+        two.record_step(sigma)
+        extra += 1
+    eps = dpjax.compute_epsilon([2.0, sigma], [limit // 2, extra], q, 1e-5)
+    assert eps == pytest.approx(two.epsilon_spent(), rel=1e-9) and eps <= target
+    assert dpjax.compute_epsilon([2.0, sigma], [limit // 2, extra + 1], q, 1e-5) > target

@@ -13,6 +13,7 @@ from jax.sharding import PartitionSpec as P
 
 import dpjax
 from dpjax import _validation
+from dpjax.distributed._data_parallel import _axis_size
 
 PyTree = Any
 
@@ -275,16 +276,3 @@ def replicate_across_processes(tree: PyTree, mesh: Mesh) -> PyTree:
         return jax.make_array_from_process_local_data(sharding, x, x.shape)
 
     return jax.tree.map(put, tree)
-
-
-def _axis_size(mesh: Mesh, axis: str) -> int:
-    if not isinstance(mesh, Mesh):
-        raise ValueError(
-            f"mesh={mesh!r} is not a jax.sharding.Mesh; build one with dpjax.distributed.data_mesh()."
-        )
-    if axis not in mesh.shape:
-        raise ValueError(
-            f"axis={axis!r} is not an axis of the mesh (axes {tuple(mesh.shape)}); pass one of them "
-            f"or build the mesh with dpjax.distributed.data_mesh(axis={axis!r})."
-        )
-    return int(mesh.shape[axis])
