@@ -16,6 +16,7 @@ Invalid input prints ``dpjax: error: <message>`` on stderr and exits with status
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import warnings
@@ -29,6 +30,10 @@ from dpjax.models import MODEL_NAMES
 from dpjax.training._config import CLIPPING_MODES, OPTIMIZERS, TrainConfig
 from dpjax.training._levers import CLIP_GROUPS, NOISE_SCHEDULES
 from dpjax.training._trainer import train
+
+# Subcommands of consumer subpackages: each module has ``add_parser(subparsers)``, which adds one
+# subcommand and sets ``func`` (``args -> exit status``) on it.
+_CONSUMER_COMMANDS: tuple[str, ...] = ()
 
 _PRIVACY_NOTE = (
     "Assumes Poisson sampling with rate q and Gaussian noise of std sigma*C added to the "
@@ -319,6 +324,8 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_epsilon_parser(subparsers)
     _add_calibrate_parser(subparsers)
     _add_train_parser(subparsers)
+    for module in _CONSUMER_COMMANDS:
+        importlib.import_module(module).add_parser(subparsers)
     return parser
 
 
