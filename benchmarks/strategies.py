@@ -931,6 +931,11 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="the combination run: levers that beat dense on validation (default), all, none",
     )
+    b.add_argument(
+        "--no-singles",
+        action="store_true",
+        help="skip the one-lever runs: the dense baseline and the combination only",
+    )
     a.add_argument(
         "--sensitivity",
         action="store_true",
@@ -962,6 +967,7 @@ def main(argv: list[str] | None = None) -> None:
         epsilons=tuple(args.epsilons) if args.epsilons else None,
         augmult=args.augmult,
         combine=args.combine,
+        singles=False if args.no_singles else None,
     )
     json_out = args.json_out or (QUICK_JSON if args.quick else DEFAULT_JSON)
 

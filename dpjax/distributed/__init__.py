@@ -26,6 +26,13 @@ Several hosts (one process each, `jax.distributed.initialize`):
 * :func:`shard_global_batch`: one global Poisson batch (the same secret seed on
   every process), each process loading and placing only its rows.
 
+Starting the processes:
+
+* :func:`from_environment`: joins the run the ``DPJAX_*`` variables describe
+  (or runs alone with fresh secret seeds); returns a :class:`RunEnvironment`.
+* :func:`launch_local` (``python -m dpjax.distributed -n N -- COMMAND``): N
+  processes of one run on this machine, with one pair of secret seeds.
+
 Not done yet: FSDP-sharded parameters, sharded noise.
 """
 
@@ -33,6 +40,9 @@ from dpjax.distributed._data_parallel import data_mesh as data_mesh
 from dpjax.distributed._data_parallel import data_parallel as data_parallel
 from dpjax.distributed._data_parallel import replicate as replicate
 from dpjax.distributed._data_parallel import shard_batch as shard_batch
+from dpjax.distributed._launch import RunEnvironment as RunEnvironment
+from dpjax.distributed._launch import from_environment as from_environment
+from dpjax.distributed._launch import launch_local as launch_local
 from dpjax.distributed._multihost import initialize as initialize
 from dpjax.distributed._multihost import process_rows as process_rows
 from dpjax.distributed._multihost import replicate_across_processes as replicate_across_processes

@@ -186,8 +186,9 @@ def data_parallel(
     Each device calls `clipper(params, local_batch, local_mask)` on its rows
     (params replicated), and the :class:`dpjax.ClippedSum`'s `sum` and `stats`
     are summed over `axis` with `jax.lax.psum`; the sensitivity is the
-    clipper's (static). A ClippedSum with a `support` (top-k) or a `scale`
-    (clip-norm schedule) is refused for now. The result is replicated: feed it, as
+    clipper's (static). A `support` (top-k) or a `scale` (clip-norm schedule)
+    is passed through: both are public values computed from the replicated
+    state, so every device holds the same one. The result is replicated: feed it, as
     any clipper's, to `dpjax.private_update(..., optax.chain(dpjax.noisy_mean(
     sigma, n, key), optimizer))`.
 
@@ -215,8 +216,7 @@ def data_parallel(
     Raises:
       ValueError: if `clipper` is not callable or the mesh has no axis `axis`;
         at trace time, if the batch size is not a multiple of the device count,
-        the clipper does not return a :class:`dpjax.ClippedSum`, or it has a
-        `support` or `scale` (not supported yet).
+        or the clipper does not return a :class:`dpjax.ClippedSum`.
 
     Example:
       >>> import jax, jax.numpy as jnp, optax, dpjax, dpjax.distributed as dd
@@ -261,14 +261,10 @@ def data_parallel(
                 f"the clipper returned {type(clipped).__name__}, not a dpjax.ClippedSum; pass a "
                 "clipper such as dpjax.accumulate_clipped_grads or dpjax.ghost.ghost_clipped_grads."
             )
-        if clipped.support is not None or clipped.scale is not None:
-            raise ValueError(
-                "dpjax.distributed.data_parallel does not support a ClippedSum with a support "
-                "(private_topk) or a scale (clip-norm schedule) yet; use a plain clip norm, or run "
-                "the clipper under jax.jit without data_parallel."
-            )
         summed, stats = jax.lax.psum((clipped.sum, clipped.stats), axis)
-        return dpjax.ClippedSum(summed, stats, clipped.sensitivity)
+        # The support and the scale are public and the same on every device (functions of the
+        # replicated state); each device's copy is the global one.
+        return dpjax.ClippedSum(summed, stats, clipped.sensitivity, clipped.support, clipped.scale)
 
     def fn(params: PyTree, batch: PyTree, mask: jax.Array) -> dpjax.ClippedSum:
         if mask is None:

@@ -217,6 +217,40 @@ def noise(mesh):
     return out
 
 
+def support_and_scale(mesh):
+    """A clipper whose ClippedSum has a public support and a scale: 1 and 4 devices agree."""
+    (x, y), mask = data()
+    grads = dpjax.per_example_grads(per_example_loss)
+    support = {"kernel": jnp.arange(D * K).reshape(D, K) % 3 == 0, "bias": jnp.array([1, 0, 1]) > 0}
+
+    def clipper(params, batch, m):
+        clipped = dpjax.clip_and_sum(grads(params, batch), C, m, support=support)
+        return dpjax.ClippedSum(
+            clipped.sum, clipped.stats, clipped.sensitivity, clipped.support, jnp.float32(0.5)
+        )
+
+    key = jax.random.key(3)
+    ref_clipped, ref_hist, _ = run_steps(
+        clipper, vmap_params(), (jnp.asarray(x), jnp.asarray(y)), jnp.asarray(mask), key
+    )
+    batch, smask = dd.shard_batch((x, y), mask, mesh)
+    clipped, hist, _ = run_steps(
+        dd.data_parallel(clipper, mesh), vmap_params(), batch, smask, key, mesh
+    )
+    off = {k: ~v for k, v in support.items()}
+    moved_off = max(
+        float(jnp.max(jnp.where(off[k], jnp.abs(hist[-1][k] - vmap_params()[k]), 0.0))) for k in off
+    )
+    return {
+        "sum_diff": tree_diff(ref_clipped.sum, clipped.sum),
+        "params_diff": [tree_diff(a, b) for a, b in zip(ref_hist, hist, strict=True)],
+        "support_kept": all(bool(jnp.array_equal(clipped.support[k], support[k])) for k in support),
+        "scale": float(clipped.scale),
+        "moved": tree_diff(hist[0], vmap_params()),
+        "moved_off_support": moved_off,
+    }
+
+
 def padding(mesh):
     """Device 3's shard is all padding (mask False, NaN and huge values): it contributes 0."""
     (x, y), _ = data()
@@ -274,6 +308,7 @@ def main():
         "equivalence": equivalence(mesh),
         "noise": noise(mesh),
         "padding": padding(mesh),
+        "support_and_scale": support_and_scale(mesh),
     }
     print(json.dumps(result))
 

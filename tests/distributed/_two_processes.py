@@ -2,30 +2,34 @@
 
 Run by test_multihost.py, once per process of a two-process run on localhost:
 
-    python _two_processes.py COORDINATOR_ADDRESS NUM_PROCESSES PROCESS_ID
+    python -m dpjax.distributed -n 2 --devices-per-process 2 -- python _two_processes.py OUT
 
-and once with no arguments, as the single-process reference. Every process uses the same
+(`dpjax.distributed.launch_local`), and once as one process with the same DPJAX_*_SEED
+variables, as the reference. Process i writes its JSON to OUT.i. Every process uses the same
 sampler seed (so the same indices), the same noise key, and loads only its own rows of each
 batch (`dpjax.distributed.shard_global_batch`); the accountant runs on process 0 only.
 """
 
 import json
+import os
+import pathlib
 import sys
 
 import jax
 
 import dpjax.distributed as dd
 
-if len(sys.argv) == 4:
-    # Before anything touches a device: join the run (Gloo collectives on CPU). A failure
-    # here is reported as JSON so that the test can tell "no multi-process CPU runtime"
-    # (skipped, with the error) from a wrong result (failed).
-    try:
-        dd.initialize(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), initialization_timeout=60)
-        jax.devices()
-    except Exception as e:  # noqa: BLE001
-        print(json.dumps({"setup_error": f"{type(e).__name__}: {e}"}), flush=True)
-        sys.exit(3)
+# Before anything touches a device: join the run the DPJAX_* variables describe (Gloo
+# collectives on CPU), or run alone. A failure here is reported as JSON so that the test can tell
+# "no multi-process CPU runtime" (skipped, with the error) from a wrong result (failed).
+OUT = pathlib.Path(sys.argv[1])
+try:
+    RUN = dd.from_environment()
+    jax.devices()
+except Exception as e:  # noqa: BLE001
+    ID = os.environ.get("DPJAX_PROCESS_ID", "0")
+    OUT.with_suffix(f".{ID}").write_text(json.dumps({"setup_error": f"{type(e).__name__}: {e}"}))
+    sys.exit(3)
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -37,7 +41,7 @@ import dpjax  # noqa: E402
 N, D, K = 48, 6, 3  # fixed public synthetic data (a test, not a release)
 BATCH, STEPS, MICRO = 16, 2, 2
 C, SIGMA, LR, DELTA = 1.0, 1.0, 0.5, 1e-5
-SEED, KEY = 20240611, 7  # the shared "secret" sampler seed and noise key of this test
+SEED, KEY = RUN.sampler_seed, RUN.noise_seed  # the same on every process (the launcher's)
 
 
 def per_example_loss(w, example):
@@ -60,7 +64,7 @@ def main():
     clipper = dd.data_parallel(
         dpjax.accumulate_clipped_grads(grads, l2_norm=C, microbatch_size=MICRO), mesh
     )
-    tx = optax.chain(dpjax.noisy_mean(SIGMA, BATCH, key=jax.random.key(KEY)), optax.sgd(LR))
+    tx = optax.chain(dpjax.noisy_mean(SIGMA, BATCH, key=dpjax.key_from_seed(KEY)), optax.sgd(LR))
     init = {
         "kernel": np.random.default_rng(1).normal(size=(D, K)).astype(np.float32),
         "bias": np.zeros(K, np.float32),
@@ -101,7 +105,7 @@ def main():
         "epsilon": None if tracker is None else tracker.epsilon_spent(),
         "params": {k: v.astype(float).tolist() for k, v in local.items()},
     }
-    print(json.dumps(out), flush=True)
+    OUT.with_suffix(f".{jax.process_index()}").write_text(json.dumps(out))
 
 
 if __name__ == "__main__":

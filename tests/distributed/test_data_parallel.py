@@ -148,13 +148,10 @@ def test_bad_arguments_are_refused():
         clipper(jnp.zeros(2), jnp.ones((2, 2)), None)
 
 
-def test_a_support_or_scale_is_refused_for_now():
-    mesh = dd.data_mesh()
-
-    def scaled(params, batch, mask):
-        clipped = dpjax.clip_and_sum(batch * params[None, :], 1.0, mask=mask)
-        return dpjax.ClippedSum(clipped.sum, clipped.stats, 1.0, scale=jnp.float32(2.0))
-
-    x, mask = dd.shard_batch(jnp.ones((2, 3)), jnp.ones(2, bool), mesh)
-    with pytest.raises(ValueError, match="support"):
-        jax.jit(dd.data_parallel(scaled, mesh))(dd.replicate(jnp.ones(3), mesh), x, mask)
+def test_a_public_support_and_scale_pass_through_four_devices(four):
+    # A top-k support and a clip-norm scale are public (from the replicated state): the
+    # 4-device step equals the 1-device one, noise lands only on the support.
+    r = four["support_and_scale"]
+    assert r["support_kept"] and r["scale"] == 0.5, r
+    assert r["sum_diff"] <= ATOL and max(r["params_diff"]) <= ATOL, r
+    assert r["moved"] > 1e-3 and r["moved_off_support"] == 0.0, r

@@ -10,7 +10,6 @@ jaxlib cannot run a multi-process CPU backend (no Gloo), the test is skipped wit
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 
@@ -25,71 +24,53 @@ TIMEOUT_S = 120
 ATOL = 1e-5
 
 
+SEEDS = (20240611, 7)  # the shared "secret" sampler seed and noise seed of this test
+
+
 def _env(devices):
     flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
     flags.append(f"--xla_force_host_platform_device_count={devices}")
     return dict(os.environ, XLA_FLAGS=" ".join(flags), JAX_PLATFORMS="cpu")
 
 
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _last_json(stdout):
-    lines = [line for line in stdout.splitlines() if line.startswith("{")]
-    return json.loads(lines[-1]) if lines else None
-
-
-def _launch_two():
-    """Runs both processes; returns (results, stderr tails), killing both on any failure."""
-    address = f"127.0.0.1:{_free_port()}"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(SCRIPT), address, "2", str(i)],
-            env=_env(2),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    try:
-        outs = [p.communicate(timeout=TIMEOUT_S) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.communicate()
-    return [
-        (p.returncode, _last_json(out), err[-3000:])
-        for p, (out, err) in zip(procs, outs, strict=True)
-    ]
+def _results(out, n):
+    files = [out.with_suffix(f".{i}") for i in range(n)]
+    return [json.loads(f.read_text()) if f.exists() else None for f in files]
 
 
 @pytest.fixture(scope="module")
-def runs():
+def runs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("multihost")
+    single_out = folder / "single"
+    env = _env(1) | {"DPJAX_SAMPLER_SEED": str(SEEDS[0]), "DPJAX_NOISE_SEED": str(SEEDS[1])}
     single = subprocess.run(
-        [sys.executable, str(SCRIPT)],
-        env=_env(1),
+        [sys.executable, str(SCRIPT), str(single_out)],
+        env=env,
         capture_output=True,
         text=True,
         timeout=TIMEOUT_S,
     )
     assert single.returncode == 0, single.stderr[-3000:]
     for attempt in range(2):  # a second try only if the setup failed (e.g. the port was taken)
-        two = _launch_two()
-        errors = [r["setup_error"] for _, r, _ in two if r and "setup_error" in r]
+        out = folder / f"two{attempt}"
+        codes = dd.launch_local(
+            [sys.executable, str(SCRIPT), str(out)],
+            2,
+            seeds=SEEDS,
+            devices_per_process=2,
+            environment={"JAX_PLATFORMS": "cpu"},
+            timeout=TIMEOUT_S,
+        )
+        two = _results(out, 2)
+        errors = [r["setup_error"] for r in two if r and "setup_error" in r]
         if not errors:
             break
         if any("gloo" in e.lower() or "collective" in e.lower() for e in errors):
             pytest.skip(f"no multi-process CPU collectives in this jaxlib: {errors[0]}")
         if attempt == 1:
             pytest.fail(f"jax.distributed.initialize failed twice: {errors}")
-    for code, result, err in two:
-        assert code == 0 and result is not None, err
-    return _last_json(single.stdout), [r for _, r, _ in two]
+    assert codes == [0, 0] and all(r is not None for r in two), (codes, two)
+    return _results(single_out, 1)[0], two
 
 
 def test_two_processes_share_one_global_run(runs):
@@ -157,3 +138,27 @@ def test_global_batch_on_one_process_is_shard_batch():
         dd.shard_global_batch((1, 2), lambda i: i, mesh)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="rows"):
         dd.shard_global_batch(sample, lambda i: x, mesh)
+
+
+def test_from_environment_reads_the_run_and_refuses_a_partial_one():
+    alone = dd.from_environment({"DPJAX_SAMPLER_SEED": "5", "DPJAX_NOISE_SEED": "6"})
+    assert alone == (1, 0, 5, 6) and "5" not in repr(alone) and "secret" in repr(alone)
+    fresh = [dd.from_environment({}) for _ in range(2)]
+    assert fresh[0].sampler_seed != fresh[1].sampler_seed  # secret draws, never a default
+    base = {"DPJAX_COORDINATOR": "127.0.0.1:1", "DPJAX_NUM_PROCESSES": "2", "DPJAX_PROCESS_ID": "0"}
+    with pytest.raises(ValueError, match="DPJAX_SAMPLER_SEED"):
+        dd.from_environment(base | {"DPJAX_NOISE_SEED": "1"})
+    with pytest.raises(ValueError, match="DPJAX_NOISE_SEED"):
+        dd.from_environment(base | {"DPJAX_SAMPLER_SEED": "1", "DPJAX_NOISE_SEED": "x"})
+    with pytest.raises(ValueError, match="DPJAX_PROCESS_ID"):
+        dd.from_environment(base | {"DPJAX_PROCESS_ID": "-1"})
+
+
+def test_launch_local_refuses_bad_arguments_and_stops_on_a_failure():
+    with pytest.raises(ValueError, match="command"):
+        dd.launch_local([], 2)
+    with pytest.raises(ValueError, match="num_processes"):
+        dd.launch_local([sys.executable, "-c", "pass"], 0)
+    fail_one = "import os, sys, time; sys.exit(5) if os.environ['DPJAX_PROCESS_ID'] == '1' else time.sleep(60)"
+    codes = dd.launch_local([sys.executable, "-c", fail_one], 2, timeout=30)
+    assert codes[1] == 5 and codes[0] != 0  # process 0 was stopped, not waited for
