@@ -25,6 +25,7 @@ speed = importlib.import_module("speed")
 scaling = importlib.import_module("scaling")
 accounting = importlib.import_module("accounting")
 strategies = importlib.import_module("strategies")
+multidevice = importlib.import_module("multidevice")
 
 TINY = {
     "mlp": {"input_shape": (28, 28, 1), "num_classes": 10, "hidden": (8,)},
@@ -236,3 +237,13 @@ def test_strategies_linear_methods_train_within_the_budget():
             assert rec["epsilon"] is None
         else:
             assert 0.5 * plan.epsilon < rec["epsilon"] <= plan.epsilon, method
+
+
+def test_multidevice_times_the_three_steps_and_the_dp_step_is_dpjaxs():
+    cfg = {"quick": True, "models": ["mlp"], "batch_size": 8, "steps": 1, "warmup": 0}
+    records = multidevice.run_device_count(cfg | {"devices": 1})
+    assert sorted(r["mode"] for r in records) == sorted(multidevice.MODES)
+    assert all(r["median_s"] > 0 and r["devices"] == 1 for r in records)
+    (ratio,) = multidevice.add_ratios(records)
+    assert ratio["dp_over_non_private"] > 0 and 0.0 <= ratio["allreduce_share_estimate"] < 1.0
+    assert ratio["dp_speedup_vs_one_device"] == 1.0
