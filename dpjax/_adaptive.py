@@ -178,6 +178,9 @@ def adaptive_dp_aggregate(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+_GROUP_NORMS_STREAM = 2**32 - 1  # the fold_in index of private_group_clip_norms's draw
+
+
 def private_group_clip_norms(
     group_norms: dict[str, Any],
     labels: Any,
@@ -205,7 +208,10 @@ def private_group_clip_norms(
       labels: the parameter labels, as for :class:`dpjax.GroupClipNorms`.
       quantile: the target fraction of unclipped examples, in (0, 1).
       noise_multiplier: sigma of the histogram release.
-      key: a noise key (:func:`dpjax.secret_key`), not used for anything else.
+      key: a noise key (:func:`dpjax.secret_key`), not used for anything else; the
+        draw comes from `fold_in(key, 2**32 - 1)`, which no step of a noise stage
+        with the same key reaches, so reusing the training key by mistake does not
+        repeat a step's noise.
       tracker: the run's :class:`dpjax.PrivacyTracker`.
       candidates: increasing candidate norms; default 64 points from 1e-3 to 1e3.
 
@@ -251,7 +257,10 @@ def private_group_clip_norms(
         finite = jnp.where(jnp.isfinite(norms), norms, jnp.inf)
         bins = jnp.minimum(jnp.searchsorted(grid, finite, side="left"), grid.size - 1)
         hists.append(jnp.zeros(grid.size, jnp.float32).at[bins].add(1.0))
-    noise: Any = _noise.add_gaussian_noise(sigma * math.sqrt(len(groups)), key)
+    # A stream of its own: fold_in(key, 2**32 - 1) is no training step's fold_in(key, t) (step
+    # counters are int32), so passing the training key by mistake cannot repeat step 0's noise.
+    stream = jax.random.fold_in(key, _GROUP_NORMS_STREAM)
+    noise: Any = _noise.add_gaussian_noise(sigma * math.sqrt(len(groups)), stream)
     noisy: Any
     noisy, _ = noise.update(hists, noise.init(hists))
     chosen = {}

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dpjax import _validation
+from dpjax import _clipping, _validation
 
 PyTree = Any
 
@@ -304,7 +304,9 @@ def topk_after_noise(k: int | float, *, per_leaf: bool = False) -> optax.Gradien
       A stateless `optax.GradientTransformation`.
 
     Raises:
-      ValueError: if `k` is invalid.
+      ValueError: if `k` is invalid; at update time, if the updates are not yet
+        noised: a :class:`dpjax.ClippedSum` (the clipper's output), or
+        per-example gradients (leaves shaped unlike `params`, when given).
 
     Example:
       >>> import jax.numpy as jnp, dpjax
@@ -313,12 +315,27 @@ def topk_after_noise(k: int | float, *, per_leaf: bool = False) -> optax.Gradien
       [0.0, -2.0, 0.0]
 
     **Privacy:** a function of the noisy update only (post-processing). Do NOT
-    put it before the noise: top-k of a clean sum is not private.
+    put it before the noise: top-k of a clean sum is not private (one example
+    can swap which coordinates survive, moving the sum by far more than C).
+    Placed before the noise stage it is refused: it raises on a ClippedSum, and
+    on per-example gradients when the chain passes `params`.
     """
     k = _check_k(k)
 
     def update_fn(updates, state, params=None):
-        del params
+        if isinstance(updates, _clipping.ClippedSum):
+            raise ValueError(
+                "topk_after_noise got a dpjax.ClippedSum, the clean sum before the noise: its "
+                "top-k is NOT private. Place topk_after_noise after dpjax.noisy_mean (or use "
+                "dpjax.private_topk to sparsify before the noise)."
+            )
+        shapes = [jnp.shape(u) for u in jax.tree.leaves(updates)]
+        if params is not None and shapes != [jnp.shape(p) for p in jax.tree.leaves(params)]:
+            raise ValueError(
+                "topk_after_noise got updates shaped unlike the parameters (per-example "
+                "gradients, before clipping and noise?): their top-k is NOT private. Place "
+                "topk_after_noise after dpjax.noisy_mean."
+            )
         keep = topk_support(updates, k, per_leaf=per_leaf)
         return jax.tree.map(
             lambda u, m: jnp.where(m, u, jnp.zeros((), u.dtype)), updates, keep

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
 
 import dpjax
 from dpjax import _validation
@@ -22,7 +22,8 @@ ENV_SAMPLER_SEED = "DPJAX_SAMPLER_SEED"
 ENV_NOISE_SEED = "DPJAX_NOISE_SEED"
 
 
-class RunEnvironment(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class RunEnvironment:
     """What one process of a (possibly multi-process) run knows about the run.
 
     Attributes:
@@ -35,13 +36,14 @@ class RunEnvironment(NamedTuple):
     **Privacy:** both seeds are secrets: whoever learns the sampler seed knows
     which examples were in each batch, and whoever learns the noise seed can
     subtract the noise from every released update. Never log them; this
-    record's `repr` hides them.
+    record's `repr` hides them, and it is not a tuple, so `json.dumps` refuses
+    it instead of writing them.
     """
 
     num_processes: int
     process_id: int
-    sampler_seed: int
-    noise_seed: int
+    sampler_seed: int = dataclasses.field(repr=False)
+    noise_seed: int = dataclasses.field(repr=False)
 
     def __repr__(self) -> str:
         return (

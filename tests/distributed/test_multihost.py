@@ -142,7 +142,13 @@ def test_global_batch_on_one_process_is_shard_batch():
 
 def test_from_environment_reads_the_run_and_refuses_a_partial_one():
     alone = dd.from_environment({"DPJAX_SAMPLER_SEED": "5", "DPJAX_NOISE_SEED": "6"})
-    assert alone == (1, 0, 5, 6) and "5" not in repr(alone) and "secret" in repr(alone)
+    assert (alone.num_processes, alone.process_id, alone.sampler_seed, alone.noise_seed) == (
+        1,
+        0,
+        5,
+        6,
+    )
+    assert "5" not in repr(alone) and "secret" in repr(alone)
     fresh = [dd.from_environment({}) for _ in range(2)]
     assert fresh[0].sampler_seed != fresh[1].sampler_seed  # secret draws, never a default
     base = {"DPJAX_COORDINATOR": "127.0.0.1:1", "DPJAX_NUM_PROCESSES": "2", "DPJAX_PROCESS_ID": "0"}
