@@ -90,6 +90,7 @@ class PrivacyTracker:
         self._dataset_size = None if dataset_size is None else int(dataset_size)
         self._releases: tuple[Release, ...] = ()
         self._phase_limit: int | None = None  # steps the last DP-SGD record may reach, if known
+        self._phase_limit_rdp: int | None = None  # the same limit by RDP (a lower one), if known
         self._reserved: tuple[Release, ...] | None = None  # a checked future (see `reserve`)
         self._eps: float | None = 0.0
 
@@ -178,11 +179,23 @@ class PrivacyTracker:
             if len(after) == len(self._releases) and isinstance(last, PoissonGaussianSteps)
             else None
         )
-        if phase is not None and self._phase_limit is not None:
-            if phase.steps <= int(self._phase_limit):
-                return None  # within the known limit of this phase: no epsilon to compute
-        if self._accountant == "pld" and self._rdp_fits(after):
-            return None  # RDP's epsilon is also a valid bound: below the target, the release fits
+        if phase is not None:
+            known = [t for t in (self._phase_limit, self._phase_limit_rdp) if t is not None]
+            if any(phase.steps <= int(t) for t in known):
+                return None  # within a known limit of this phase: no epsilon to compute
+        if self._accountant == "pld":
+            if phase is None:
+                if self._rdp_fits(after):
+                    return None  # RDP's epsilon is also a valid bound: below the target, it fits
+            elif self._phase_limit_rdp is None:
+                # Once per phase: how far RDP (an upper bound as valid as PLD's) lets it go.
+                prior = self._releases[:-1]
+                self._phase_limit_rdp = _accounting.largest_count(
+                    lambda t: self._rdp_epsilon((*prior, dataclasses.replace(phase, steps=t))),
+                    self._target,
+                )
+                if phase.steps <= int(self._phase_limit_rdp):
+                    return None
         if phase is not None:
             if self._phase_limit is None:
                 prior = self._releases[:-1]
@@ -195,23 +208,27 @@ class PrivacyTracker:
         eps = self._epsilon(after)
         return None if eps <= self._target else eps
 
-    def _rdp_fits(self, releases: tuple[Release, ...]) -> bool:
-        """A fast sufficient check: the RDP epsilon (an upper bound as valid as PLD's) fits.
+    def _rdp_epsilon(self, releases: tuple[Release, ...]) -> float:
+        """The RDP epsilon of `releases` (inf where RDP cannot compose them).
 
-        PLD composes every phase again when a new sigma appears (a sigma schedule);
-        RDP composes in microseconds. Far from the budget it settles the check; near
-        it, or for releases RDP cannot compose, the exact PLD check decides.
+        A fast upper bound as valid as PLD's: PLD composes every phase again when a
+        new sigma appears (a sigma schedule), RDP composes in microseconds at small
+        q. Far from the budget it settles the check; near it, or for releases RDP
+        cannot compose, the exact PLD check decides.
         """
         absl = logging.getLogger("absl")
         level = absl.level
         absl.setLevel(logging.ERROR)  # RDP orders that fail to converge are dropped (still a bound)
         try:
-            eps = _accounting.epsilon_of_releases(releases, self._delta, "rdp")
+            return _accounting.epsilon_of_releases(releases, self._delta, "rdp")
         except (ValueError, dp_accounting.UnsupportedEventError):
-            return False
+            return math.inf
         finally:
             absl.setLevel(level)
-        return eps <= self._target
+
+    def _rdp_fits(self, releases: tuple[Release, ...]) -> bool:
+        """A fast sufficient check: the RDP epsilon fits the target."""
+        return self._rdp_epsilon(releases) <= self._target
 
     def reserve(self, releases: Sequence[Release]) -> bool:
         """Checks once that `releases`, after what is recorded, fit the budget.
@@ -263,7 +280,7 @@ class PrivacyTracker:
             )
         after = self._appended(release)
         if len(after) != len(self._releases):
-            self._phase_limit = None
+            self._phase_limit = self._phase_limit_rdp = None
         self._releases = after
         self._eps = None
 

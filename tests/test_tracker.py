@@ -213,3 +213,23 @@ def test_step_by_step_recording_stops_exactly_where_pld_says():
     eps = dpjax.compute_epsilon([2.0, sigma], [limit // 2, extra], q, 1e-5)
     assert eps == pytest.approx(two.epsilon_spent(), rel=1e-9) and eps <= target
     assert dpjax.compute_epsilon([2.0, sigma], [limit // 2, extra + 1], q, 1e-5) > target
+
+
+def test_steps_within_a_phase_cost_no_accounting_once_its_limit_is_known(monkeypatch):
+    # At q = 0.5 one RDP evaluation takes ~0.5 s: each step must not compute an epsilon.
+    # The phase's limit is searched once (by RDP, a valid upper bound), then steps are free.
+    from dpjax import _accounting
+
+    calls = []
+    real = _accounting.epsilon_of_releases
+    monkeypatch.setattr(
+        _accounting, "epsilon_of_releases", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    tracker = dpjax.PrivacyTracker(target_epsilon=2.0, delta=1e-5, sampling_rate=0.5)
+    tracker.record_step(30.0)
+    tracker.record_step(30.0)
+    calls.clear()
+    for _ in range(50):
+        tracker.record_step(30.0)
+    assert calls == []
+    assert tracker.epsilon_spent() <= 2.0
