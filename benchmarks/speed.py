@@ -42,7 +42,9 @@ Usage::
 The JSON also holds ``noise_sampler``: the time of one noise draw alone, float32
 ``jax.random.normal`` (5.4-sigma tails) against dpjax's sampler (12.95-sigma tails,
 through ``dpjax.add_gaussian_noise``), on 2e5 and 1e7 coordinates (skip it with
-``--no-noise-sampler``).
+``--no-noise-sampler``), and ``secure_noise``: the noise stage with the exact discrete
+Gaussian (``sampler="discrete"``, host side, OS CSPRNG) against the float one, on 1e4 and
+2e5 coordinates (skip it with ``--no-secure-noise``).
 
 The same script runs unchanged on a GPU (JAX and torch pick it up).
 """
@@ -519,6 +521,55 @@ def run_noise_sampler(cfg: dict[str, Any]) -> dict[str, Any]:
     return {"rows": rows, "method": NOISE_SAMPLER_METHOD, "device": jax_device()}
 
 
+SECURE_NOISE_SIZES = (10_000, 200_000)
+SECURE_NOISE_METHOD = (
+    "the noise stage alone on a dpjax.ClippedSum of float32 zeros (sensitivity 1, sigma 1): "
+    "'float' is dpjax.gaussian_mechanism(1.0, key) (dpjax's float32 sampler on device), "
+    "'discrete' is gaussian_mechanism(1.0, key, sampler='discrete') (the sum rounded to a grid "
+    "on the host, exact discrete Gaussian noise of Canonne, Kamath & Steinke 2020 from the OS "
+    "CSPRNG, through jax.experimental.io_callback); each one jax.jit function, synced with "
+    "block_until_ready; after 1 untimed call, the two alternate call by call; median"
+)
+
+
+def run_secure_noise(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Median ms of one noise-stage call: the float sampler against the exact discrete one."""
+    import jax
+    import jax.numpy as jnp
+
+    import dpjax
+
+    rows = []
+    for n in cfg["sizes"]:
+        clipped = dpjax.clip_and_sum(jnp.zeros((1, n), jnp.float32), 1.0, mask=jnp.ones(1, bool))
+        contenders = {
+            sampler: dpjax.gaussian_mechanism(1.0, jax.random.key(0), sampler=sampler)
+            for sampler in ("float", "discrete")
+        }
+        fns = {name: jax.jit(tx.update) for name, tx in contenders.items()}
+        states = {name: tx.init(None) for name, tx in contenders.items()}
+        times: dict[str, list[float]] = {name: [] for name in contenders}
+        for i in range(1 + cfg["steps"]):
+            for name, fn in fns.items():
+                t0 = time.perf_counter()
+                out, states[name] = fn(clipped, states[name])
+                jax.block_until_ready(out)
+                if i >= 1:
+                    times[name].append(time.perf_counter() - t0)
+        flt, dis = (1e3 * statistics.median(times[k]) for k in ("float", "discrete"))
+        rows.append(
+            {
+                "coordinates": n,
+                "float_median_ms": flt,
+                "discrete_median_ms": dis,
+                "ratio_discrete_over_float": dis / flt,
+                "discrete_us_per_coordinate": 1e3 * dis / n,
+                "calls_timed": cfg["steps"],
+            }
+        )
+    return {"rows": rows, "method": SECURE_NOISE_METHOD, "device": jax_device()}
+
+
 def _summary(times: list[float]) -> dict[str, float]:
     return {
         "median_ms": 1e3 * statistics.median(times),
@@ -592,6 +643,8 @@ def worker_main(cfg: dict[str, Any]) -> None:
         start = _rss_mb()
         if cfg["mode"] == "noise_sampler":
             rec = run_noise_sampler(cfg)
+        elif cfg["mode"] == "secure_noise":
+            rec = run_secure_noise(cfg)
         elif cfg["mode"] == "breakdown":
             rec = run_jax_breakdown(cfg)
         else:
@@ -766,6 +819,11 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="skip the timing of one noise draw (jax.random.normal vs dpjax's sampler)",
     )
+    parser.add_argument(
+        "--no-secure-noise",
+        action="store_true",
+        help="skip the timing of the noise stage with sampler='discrete' against 'float'",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -833,6 +891,17 @@ def main(argv: list[str] | None = None) -> None:
             },
             script,
         )
+    secure_noise = None
+    if not args.no_secure_noise:
+        secure_noise = run_in_subprocess(
+            {
+                "framework": "dpjax",
+                "mode": "secure_noise",
+                "sizes": list(SECURE_NOISE_SIZES[:1] if args.quick else SECURE_NOISE_SIZES),
+                "steps": 3 if args.quick else 7,
+            },
+            script,
+        )
     add_ratios(records)
     payload = {
         "benchmark": "speed",
@@ -846,6 +915,7 @@ def main(argv: list[str] | None = None) -> None:
         "dpjax_vs_opacus": dpjax_vs_opacus(records),
         "dpjax_breakdown": breakdown,
         "noise_sampler": noise_sampler,
+        "secure_noise": secure_noise,
         "wall_s": time.perf_counter() - t_start,
     }
     common.write_json(args.json_out, payload)
@@ -867,6 +937,12 @@ def main(argv: list[str] | None = None) -> None:
             f"noise draw, {row['coordinates']} coordinates: jax.random.normal "
             f"{row['jax_random_normal_median_ms']:.2f} ms, dpjax {row['dpjax_median_ms']:.2f} ms "
             f"-> {row['ratio_dpjax_over_normal']:.2f}x"
+        )
+    for row in (secure_noise or {}).get("rows", []):
+        print(
+            f"noise stage, {row['coordinates']} coordinates: float {row['float_median_ms']:.2f} ms, "
+            f"discrete (exact, CSPRNG) {row['discrete_median_ms']:.1f} ms "
+            f"-> {row['ratio_discrete_over_float']:.0f}x"
         )
     if noise_sampler and "error" in noise_sampler:
         print("noise sampler timing:", noise_sampler["error"])

@@ -20,6 +20,7 @@ import math
 from typing import Any, NamedTuple
 
 import jax
+import jax.experimental
 import jax.numpy as jnp
 import optax
 from jax import lax
@@ -54,6 +55,97 @@ _EXTENSION_BITS = 128  # further geometric bits for the coordinates that need th
 _MAX_BINADE = 124  # u >= 2**-(124 + 2) = 2**-126, the smallest normal float32
 _MAX_DRAW = 2**30  # coordinates per sampler call (its indices are int32)
 _LOG_POOL_FAILURE = -125 * math.log(2)  # per coordinate, before the e^-1 safety factor
+
+NOISE_SAMPLERS = ("float", "discrete")
+"""The samplers of :func:`gaussian_mechanism`: dpjax's float Gaussian, or the exact discrete one."""
+
+DISCRETE_ROUNDING_SLACK = 0.01
+"""With ``sampler="discrete"`` the grid step is ``0.01 * Delta / sqrt(d)``: rounding the sum to it
+moves the sensitivity by at most ``0.01 * Delta * (1 + 2**-12)``, and the noise is 1 % larger."""
+
+_GRID_CLAMP = 2.0**40  # |sum / grid| is clamped here before rounding (float64 error <= 2**-13)
+_ROUNDING_ERROR = 0.5 + 2.0**-13  # per coordinate, in grid steps, after the clamp
+
+
+class DiscreteGrid(NamedTuple):
+    """The fixed-point grid of the discrete Gaussian mechanism on d coordinates (host side).
+
+    Attributes:
+      step: the grid step gamma (the sum is released as ``gamma * integer``).
+      sensitivity: the L2 sensitivity of the ROUNDED sum, in grid steps:
+        ``Delta / gamma + sqrt(d) * (1 + 2**-12)`` (each coordinate's rounding error
+        is at most ``1/2 + 2**-13`` steps, for each of the two neighbouring sums).
+      sigma2: the discrete Gaussian's variance parameter (an integer multiple of `t`),
+        at least ``(noise_multiplier * sensitivity)**2``.
+      t: the scale of the sampler's discrete-Laplace proposal.
+    """
+
+    step: float
+    sensitivity: float
+    sigma2: int
+    t: int
+
+    @classmethod
+    def for_sum(cls, noise_multiplier: float, delta: float, coordinates: int) -> DiscreteGrid:
+        """The grid for a sum of L2 sensitivity `delta` with `coordinates` coordinates.
+
+        Raises:
+          ValueError: if the variance parameter would overflow the sampler's 64-bit
+            arithmetic (noise_multiplier * sqrt(d) above about 3e5).
+        """
+        root_d = math.sqrt(max(coordinates, 1))
+        step = DISCRETE_ROUNDING_SLACK * delta / root_d
+        sensitivity = delta / step + 2.0 * _ROUNDING_ERROR * root_d
+        target = (noise_multiplier * sensitivity) ** 2 * (1.0 + 2.0**-40)  # float rounding up
+        if not target < 2.0**48:
+            raise ValueError(
+                f"sampler='discrete' with noise_multiplier={noise_multiplier} on {coordinates} "
+                f"coordinates needs a variance of {target:.3g} grid steps, beyond the exact "
+                "sampler's 64-bit range (2**48); noise fewer coordinates per release, or use "
+                "sampler='float'."
+            )
+        t = math.isqrt(math.ceil(target)) + 1
+        return cls(step, sensitivity, t * -(-math.ceil(target) // t), t)
+
+
+def _round_to_grid(flat: Any, grid: DiscreteGrid) -> Any:
+    """Host: ``rint(clamp(sum / step))`` in float64, as int64 (error <= 1/2 + 2**-13 per coordinate)."""
+    import numpy as np  # noqa: PLC0415 (host-side only)
+
+    scaled = np.clip(np.asarray(flat, np.float64) / grid.step, -_GRID_CLAMP, _GRID_CLAMP)
+    return np.rint(scaled).astype(np.int64)
+
+
+def _discrete_noised_host(flat: Any, grid: DiscreteGrid, dtype: Any) -> Any:
+    """Host: round the float sum to the grid, add exact discrete Gaussian noise, scale back."""
+    import numpy as np  # noqa: PLC0415 (host-side only)
+
+    from dpjax._random import discrete_gaussian  # noqa: PLC0415 (host-side only)
+
+    integer = _round_to_grid(flat, grid)
+    integer += discrete_gaussian(integer.size, grid.sigma2, grid.t)
+    return (integer.astype(np.float64) * grid.step).astype(dtype)
+
+
+def _discrete_noised(updates: PyTree, noise_multiplier: float, delta: float) -> PyTree:
+    """`updates` rounded to the grid plus exact discrete Gaussian noise, via a host callback."""
+    leaves, treedef = jax.tree.flatten(updates)
+    dtypes = [_validation.at_least_float32(jnp.result_type(g)) for g in leaves]
+    dtype = jnp.result_type(*dtypes) if dtypes else jnp.dtype(jnp.float32)
+    flat = jnp.concatenate([jnp.ravel(jnp.asarray(g, dtype)) for g in leaves])
+    grid = DiscreteGrid.for_sum(noise_multiplier, delta, flat.size)
+    noisy = jax.experimental.io_callback(
+        functools.partial(_discrete_noised_host, grid=grid, dtype=dtype),
+        jax.ShapeDtypeStruct(flat.shape, dtype),
+        flat,
+        ordered=False,
+    )
+    out, offset = [], 0
+    for g, d in zip(leaves, dtypes, strict=True):
+        size = math.prod(jnp.shape(g))
+        out.append(noisy[offset : offset + size].reshape(jnp.shape(g)).astype(d))
+        offset += size
+    return jax.tree.unflatten(treedef, out)
 
 
 class GaussianNoiseState(NamedTuple):
@@ -220,6 +312,12 @@ def _normals_like(key: jax.Array, leaves: list[jax.Array]) -> list[jax.Array]:
     return out
 
 
+# sigma, the sensitivity and their product are each rounded to float32 on the device, losing at
+# most 2**-24 relative each; the std is raised by 2**-20 so that it is never below the accounted
+# sigma * sensitivity (a schedule's or an online sigma included).
+_STD_MARGIN = 1.0 + 2.0**-20
+
+
 def _noised(
     updates: PyTree,
     std: float | jax.Array,
@@ -237,8 +335,15 @@ def _noised(
         )
     noise = _normals_like(jax.random.fold_in(state.key, state.count), leaves)
     if support is not None:
+        # Off the support nothing is released: the noise AND the sum are zeroed there (a clipper
+        # that sets a support without restricting its sum must not leak those coordinates).
         on = jax.tree.leaves(support)
         noise = [jnp.where(s, z, jnp.zeros((), z.dtype)) for s, z in zip(on, noise, strict=True)]
+        leaves = [
+            jnp.where(s, g, jnp.zeros((), jnp.result_type(g)))
+            for s, g in zip(on, leaves, strict=True)
+        ]
+    std = std * _STD_MARGIN  # never below the accounted std after float32 rounding
     noisy = [jnp.asarray(g, z.dtype) + std * z for g, z in zip(leaves, noise, strict=True)]
     return jax.tree.unflatten(treedef, noisy), GaussianNoiseState(
         count=jnp.asarray(optax.safe_increment(state.count)), key=state.key
@@ -318,7 +423,7 @@ def add_gaussian_noise(stddev: float, key: jax.Array) -> optax.GradientTransform
 
 
 def gaussian_mechanism(
-    noise_multiplier: Any, key: jax.Array
+    noise_multiplier: Any, key: jax.Array, *, sampler: str = "float"
 ) -> optax.GradientTransformationExtraArgs:
     """The Gaussian mechanism on a clipped sum: noise std = sigma times the sum's own sensitivity.
 
@@ -334,6 +439,18 @@ def gaussian_mechanism(
         last step: never an un-noised value); or :class:`dpjax.OnlineNoise`,
         whose sigma the update takes as the keyword `noise_multiplier=`.
       key: a PRNG key reserved for this noise (:func:`dpjax.secret_key`).
+      sampler: "float" (default: dpjax's float32 sampler on device, drawn from
+        `key`) or "discrete": the floating-point-attack-resistant mechanism. The
+        sum is rounded (on the host, in float64) to a grid of step
+        ``gamma = 0.01 * Delta / sqrt(d)`` (d coordinates), exact discrete
+        Gaussian noise N_Z(0, s) with ``s >= (sigma * Delta_grid)**2`` is added in
+        64-bit integers (:func:`dpjax._random.discrete_gaussian`, Canonne, Kamath &
+        Steinke 2020, every random bit from the OS CSPRNG, not from `key`), and
+        ``gamma * integer`` is returned. ``Delta_grid = Delta / gamma + sqrt(d) *
+        (1 + 2**-12)`` bounds the rounded sum's sensitivity, so the noise std is
+        about 1.01 sigma Delta. It runs on the host through `jax.experimental.io_callback`
+        (about 5 us per coordinate on one CPU core), takes a constant sigma only,
+        no support, and is not reproducible from `key` (by design).
 
     Returns:
       An `optax.GradientTransformationExtraArgs` with :class:`GaussianNoiseState`; its
@@ -357,13 +474,41 @@ def gaussian_mechanism(
     **Privacy:** for a sum of L2 sensitivity Delta (C for per-example clipping
     at C), this is the Gaussian mechanism with noise multiplier sigma. Add it
     once per logical step, after all microbatches and devices are summed.
+    With ``sampler="discrete"`` the release is an integer vector (times a public
+    grid step) whose noise depends on no floating-point number: the low-bit
+    attack of Mironov (2012) on the noise and on ``sum + noise`` has nothing to
+    read. It is the discrete Gaussian mechanism on the rounded sum, whose L2
+    sensitivity is at most ``Delta_grid`` (the rounding is accounted, not
+    ignored), with ``s >= (sigma * Delta_grid)**2``: CKS20 prove that it has the
+    Renyi-DP (zCDP) curve of the continuous Gaussian of noise multiplier sigma.
+    The accountant is told the same ``PoissonGaussianSteps(sigma, q)``: that the
+    Poisson-subsampled PLD of the continuous Gaussian also bounds the discrete
+    one is an ASSUMPTION (CKS20 show the discrete Gaussian's privacy is at least
+    as good as the continuous one's in the cases they compute; it is not proved
+    here for subsampling). Not addressed: float rounding in the clipping and the
+    summation before the noise, and the sampler's data-independent but
+    output-dependent running time (a timing side channel).
 
     References:
       Dwork & Roth, "The Algorithmic Foundations of Differential Privacy", 2014,
       Appendix A (Gaussian mechanism).
+      Canonne, Kamath & Steinke, "The Discrete Gaussian for Differential
+      Privacy", NeurIPS 2020, https://arxiv.org/abs/2004.00010.
+      Mironov, "On Significance of the Least Significant Bits for Differential
+      Privacy", CCS 2012.
     """
     from dpjax._schedules import NoiseSchedule, OnlineNoise  # noqa: PLC0415 (import cycle)
 
+    if sampler not in NOISE_SAMPLERS:
+        raise ValueError(
+            f"sampler={sampler!r} is unknown; pass one of {', '.join(NOISE_SAMPLERS)} "
+            "('discrete' resists floating-point attacks)."
+        )
+    if sampler == "discrete" and isinstance(noise_multiplier, (NoiseSchedule, OnlineNoise)):
+        raise ValueError(
+            f"sampler='discrete' takes a constant noise_multiplier, got "
+            f"{type(noise_multiplier).__name__}; pass a float, or sampler='float' for a schedule."
+        )
     if isinstance(noise_multiplier, (NoiseSchedule, OnlineNoise)):
         varying: NoiseSchedule | OnlineNoise | None = noise_multiplier
         sigma = 1.0
@@ -388,13 +533,22 @@ def gaussian_mechanism(
                 f"the clipped sum has sensitivity {delta!r}: a NOT PRIVATE sum cannot be made "
                 "private by noise of unbounded std; clip it (e.g. dpjax.clip_per_example(C))."
             )
-        if isinstance(varying, NoiseSchedule):
-            std = varying.on_device(state.count) * delta
-        elif isinstance(varying, OnlineNoise):
-            std = varying.on_device(noise_multiplier) * delta
+        if sampler == "discrete":
+            if updates.support is not None:
+                raise ValueError(
+                    "sampler='discrete' noises every coordinate; the clipped sum carries a "
+                    "support (private_topk). Use sampler='float' with a support."
+                )
+            noisy = _discrete_noised(updates.sum, sigma, delta)
+            state = state._replace(count=jnp.asarray(optax.safe_increment(state.count)))
         else:
-            std = sigma * delta
-        noisy, state = _noised(updates.sum, std, state, updates.support)
+            if isinstance(varying, NoiseSchedule):
+                std = varying.on_device(state.count) * delta
+            elif isinstance(varying, OnlineNoise):
+                std = varying.on_device(noise_multiplier) * delta
+            else:
+                std = sigma * delta
+            noisy, state = _noised(updates.sum, std, state, updates.support)
         scale = updates.scale
         if scale is not None:  # a clip-norm schedule's C_t (public), after the noise
             noisy = jax.tree.map(lambda x: x * jnp.asarray(scale, x.dtype), noisy)

@@ -49,11 +49,6 @@ def _accounted_std(sigma: float, sensitivity: float) -> Fraction:
     return Fraction(sigma) * Fraction(sensitivity)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 1: dpjax/_noise.py rounds sigma * C to the NEAREST float32 (0.7 -> "
-    "0.69999999): the device std is below the accounted one by up to 2**-24 relative",
-)
 def test_constant_sigma_device_std_is_at_least_the_accounted_std():
     key = jax.random.key(3)
     z = _normals(key)
@@ -63,11 +58,6 @@ def test_constant_sigma_device_std_is_at_least_the_accounted_std():
     assert _device_std(out, z, sigma * c) >= _accounted_std(sigma, c)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 1: dpjax/_noise.py computes a schedule's std as float32(sigma_t) * float32(C) "
-    "rounded to nearest: below the accounted sigma_t * C (here C = 3)",
-)
 def test_schedule_device_std_is_at_least_the_accounted_std():
     key = jax.random.key(4)
     z = _normals(key)
@@ -81,11 +71,6 @@ def test_schedule_device_std_is_at_least_the_accounted_std():
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 1: an OnlineNoise sigma reaches the device as float32 (0.7 -> 0.69999999), "
-    "below the sigma the caller records",
-)
 def test_online_sigma_device_std_is_at_least_the_recorded_std():
     key = jax.random.key(5)
     z = _normals(key)

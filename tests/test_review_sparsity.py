@@ -120,12 +120,6 @@ def test_random_support_is_fresh_every_step_and_noise_lands_on_it_only():
     assert len({s.tobytes() for s in supports}) > 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 2: dpjax/_noise.py trusts that a ClippedSum is zero outside its support and "
-    "releases those coordinates as they are; a clipper that sets `support` without restricting "
-    "the sum would leak them un-noised",
-)
 def test_coordinates_outside_the_support_never_leave_unnoised():
     """A ClippedSum whose sum is NOT restricted to its support (a custom or buggy clipper)."""
     data = jnp.arange(1.0, 6.0)  # clean, data-dependent values on every coordinate

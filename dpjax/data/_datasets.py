@@ -52,6 +52,9 @@ _DOWNLOAD_TIMEOUT_S = 60.0
 # Opens a URL and returns a readable binary file object; tests replace it.
 _urlopen: Callable[..., Any] = urllib.request.urlopen
 
+_IDX_MAX_BYTES = 2**32
+"""The most body bytes dpjax reads from one gzipped IDX file (Fashion-MNIST's largest: 47 MB)."""
+
 # IDX type codes (http://yann.lecun.com/exdb/mnist/, "THE IDX FILE FORMAT").
 _IDX_DTYPES = {
     0x08: np.dtype(np.uint8),
@@ -183,6 +186,18 @@ class Dataset:
             object.__setattr__(self, "input_shape", tuple(self.train.x.shape[1:]))
 
 
+def _read_at_most(stream: Any, limit: int, chunk: int = 1 << 20) -> bytes:
+    """Up to `limit` bytes of `stream`, in chunks: memory grows with the data, not the request."""
+    parts, total = [], 0
+    while total < limit:
+        part = stream.read(min(chunk, limit - total))
+        if not part:
+            break
+        parts.append(part)
+        total += len(part)
+    return b"".join(parts)
+
+
 def load_idx(path: str | os.PathLike[str]) -> np.ndarray:
     """Reads an IDX file (the MNIST / Fashion-MNIST format), gzipped or not.
 
@@ -219,43 +234,63 @@ def load_idx(path: str | os.PathLike[str]) -> np.ndarray:
     with open(path, "rb") as raw:
         is_gzip = raw.read(2) == b"\x1f\x8b"
         raw.seek(0)
+        stream: Any = gzip.GzipFile(fileobj=raw) if is_gzip else raw
         try:
-            data = gzip.GzipFile(fileobj=raw).read() if is_gzip else raw.read()
+            # The header first; the body is read only once the header's dimensions are checked
+            # against what the file can hold, and never more than they announce (plus one byte
+            # to detect trailing data): a forged header cannot make dpjax allocate or read more.
+            head = stream.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0:
+                raise ValueError(
+                    f"{path} is not an IDX file: it must start with two zero bytes, a type code "
+                    f"and the number of dimensions, but starts with {head!r}."
+                )
+            code, ndim = head[2], head[3]
+            if code not in _IDX_DTYPES:
+                raise ValueError(
+                    f"{path} has IDX type code {code:#04x}; known codes are "
+                    f"{', '.join(f'{c:#04x}' for c in _IDX_DTYPES)}."
+                )
+            if ndim == 0:
+                raise ValueError(f"{path} announces 0 dimensions; an IDX file needs at least one.")
+            dims = stream.read(4 * ndim)
+            if len(dims) < 4 * ndim:
+                raise ValueError(
+                    f"{path} is truncated: its header announces {ndim} dimensions but holds "
+                    f"{4 + len(dims)} bytes; delete it and fetch the file again."
+                )
+            shape = struct.unpack(f">{ndim}I", dims)
+            dtype = _IDX_DTYPES[code]
+            expected = math.prod(shape) * dtype.itemsize
+            if not is_gzip:
+                got = os.fstat(raw.fileno()).st_size - 4 - 4 * ndim
+                if got != expected:
+                    what = "is truncated" if got < expected else "has trailing bytes"
+                    raise ValueError(
+                        f"{path} {what}: shape {shape} of {dtype} needs {expected} bytes after "
+                        f"the header but {got} are there; delete it and fetch the file again."
+                    )
+            elif expected > _IDX_MAX_BYTES:
+                raise ValueError(
+                    f"{path} announces shape {shape} of {dtype}, {expected} bytes, more than "
+                    f"dpjax reads from one IDX file ({_IDX_MAX_BYTES} bytes); the header is "
+                    "corrupt or the file is not a data set dpjax loads."
+                )
+            data = _read_at_most(stream, expected + 1)
         except (OSError, EOFError, zlib.error) as err:
             raise ValueError(
                 f"{path} is a corrupt or truncated gzip stream ({err}); delete it and fetch "
                 f"the file again."
             ) from err
-    if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise ValueError(
-            f"{path} is not an IDX file: it must start with two zero bytes, a type code and "
-            f"the number of dimensions, but starts with {data[:4]!r}."
-        )
-    code, ndim = data[2], data[3]
-    if code not in _IDX_DTYPES:
-        raise ValueError(
-            f"{path} has IDX type code {code:#04x}; known codes are "
-            f"{', '.join(f'{c:#04x}' for c in _IDX_DTYPES)}."
-        )
-    if ndim == 0:
-        raise ValueError(f"{path} announces 0 dimensions; an IDX file needs at least one.")
-    offset = 4 + 4 * ndim
-    if len(data) < offset:
-        raise ValueError(
-            f"{path} is truncated: its header announces {ndim} dimensions but holds "
-            f"{len(data)} bytes; delete it and fetch the file again."
-        )
-    shape = struct.unpack(f">{ndim}I", data[4:offset])
-    dtype = _IDX_DTYPES[code]
-    expected = math.prod(shape) * dtype.itemsize
-    got = len(data) - offset
+    got = len(data)
     if got != expected:
         what = "is truncated" if got < expected else "has trailing bytes"
         raise ValueError(
             f"{path} {what}: shape {shape} of {dtype} needs {expected} bytes after the "
-            f"header but {got} are there; delete it and fetch the file again."
+            f"header but {got if got <= expected else 'more'} are there; delete it and fetch "
+            "the file again."
         )
-    array = np.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=offset)
+    array = np.frombuffer(data, dtype=dtype, count=math.prod(shape))
     return array.reshape(shape).astype(dtype.newbyteorder("="))
 
 

@@ -3,14 +3,18 @@
 A checkpoint is one `.npz` file: the leaves of a pytree (PRNG keys stored as
 their key data) plus a JSON metadata record (step, accountant state, the secret
 seed). It is SENSITIVE: keep it with the data, never share it.
-It is written atomically and read without pickle, so loading a checkpoint
-never executes code from it.
+It is written atomically (a temporary file in the same folder, fsync'd, then
+renamed over the old one), so a failed or interrupted write keeps the last good
+checkpoint; and read without pickle, so loading a checkpoint never executes code
+from it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -38,6 +42,8 @@ def save_checkpoint(path: str | os.PathLike, tree: PyTree, metadata: dict[str, A
 
     Raises:
       TypeError: if `metadata` is not JSON-serializable.
+      OSError: if the write fails; the previous checkpoint at `path` (if any) is
+        then left unchanged and no temporary file remains.
 
     **Privacy:** a checkpoint is SENSITIVE, never meant to be shared: it holds
     the unreleased model and optimizer state (including the noise key) and the
@@ -56,10 +62,34 @@ def save_checkpoint(path: str | os.PathLike, tree: PyTree, metadata: dict[str, A
             arrays[str(i)] = np.asarray(leaf)
     arrays[META_KEY] = np.frombuffer(json.dumps(metadata).encode(), np.uint8)
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
+    # A fresh temporary file next to the target, made durable, then renamed over it: a crash
+    # or a failed write (disk full, I/O error, a signal) leaves the last good checkpoint whole.
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Makes a rename in `folder` durable (best effort: not every OS can open a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _corrupt(path: str | os.PathLike, why: str) -> ValueError:
