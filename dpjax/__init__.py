@@ -22,7 +22,12 @@ The data flow one way, one module per stage:
 Every clipper returns a :class:`ClippedSum` that carries its L2 sensitivity; the
 noise stage reads it from there. Consumers live in subpackages with their own
 namespaces: :mod:`dpjax.ghost` (clipping in one backward pass), :mod:`dpjax.data`,
-:mod:`dpjax.models`, :mod:`dpjax.training` (trainer, checkpoints, CLI).
+:mod:`dpjax.models`, :mod:`dpjax.training` (trainer, checkpoints, CLI),
+:mod:`dpjax.distributed` (devices and hosts), :mod:`dpjax.federated` (user-level
+DP-FedAvg), :mod:`dpjax.convex` (output and objective perturbation),
+:mod:`dpjax.synthetic` (one release, then free samples), :mod:`dpjax.features`
+(ScatterNet, private statistics and tuning) and :mod:`dpjax.audit` (measured
+lower bounds). They reuse the stages above and write none of them again.
 """
 
 from dpjax._accounting import calibrate_noise_multiplier as calibrate_noise_multiplier

@@ -118,7 +118,13 @@ def synthesize(
     **Privacy:** (epsilon, delta)-DP for the training split under add/remove of
     one example, by one Gaussian release of sensitivity 1 (the tracker's
     account); samples, model and any use of them are post-processing. A fixed
-    `seed` makes the noise predictable to whoever knows it: research only.
+    `seed` makes the noise predictable to whoever knows it: research only. The
+    statement never holds a seed or key: with `seed`, it says research mode
+    (``"research_mode": true`` and ``"noise_key"``). Until the issue 17 review it
+    held ``"seed"``, from which ``derive_seed(seed, 1)`` regenerates the noise:
+    publishing ``privacy.json`` published the un-noised sums. The training-set
+    size (``"train_size"``, and the default ``num_samples``) is written as
+    public, dpjax's convention for the data set size.
     """
     if not isinstance(dataset, Dataset):
         raise ValueError(f"dataset must be a dpjax.data.Dataset; got {type(dataset).__name__}.")
@@ -218,7 +224,13 @@ def synthesize(
         "dataset": {"name": dataset.name, "train_size": n, "num_classes": k},
         "num_samples": m,
         "research_mode": research,
-        "seed": seed if research else None,
+        "noise_key": (
+            "derived from a seed given by the caller (research mode): reproducible by whoever "
+            "knows the seed, who can regenerate the noise and remove it; the seed is not "
+            "recorded here. Not for sensitive data."
+            if research
+            else "drawn from the operating system (secret, not recorded)"
+        ),
         "accountant": tracker.state_dict(),
     }
     return SyntheticData(
@@ -241,10 +253,10 @@ def sample_grid_png(x: np.ndarray, y: np.ndarray, path: str, per_class: int = 10
       True
     """
     try:
-        import matplotlib  # noqa: PLC0415 (optional: the bench extra)
+        import matplotlib  # type: ignore[import-not-found]  # noqa: PLC0415 (bench extra)
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # noqa: PLC0415
+        import matplotlib.pyplot as plt  # type: ignore[import-not-found]  # noqa: PLC0415
     except ImportError:
         return False
     classes = np.unique(y)

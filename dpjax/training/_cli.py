@@ -7,6 +7,7 @@ Examples::
         --clip-groups equal --ema-decay 0.999 --augmult 4
     dpjax epsilon --noise-multiplier 1.1 --steps 1000 --sampling-rate 0.01 --delta 1e-5
     dpjax epsilon --noise-multiplier 2 1 --steps 100 50 --sampling-rate 0.01 --delta 1e-5
+    dpjax epsilon --unit user --noise-multiplier 1 --steps 50 --sampling-rate 0.1 --delta 1e-5
     dpjax calibrate --target-epsilon 3 --dataset-size 60000 --batch-size 256 --epochs 10 \\
         --delta 1e-5 --json
 
@@ -27,18 +28,39 @@ import dpjax
 from dpjax._validation import check_delta
 from dpjax.data import DATASET_NAMES
 from dpjax.models import MODEL_NAMES
-from dpjax.training._config import CLIPPING_MODES, OPTIMIZERS, TrainConfig
+from dpjax.training._config import (
+    CLIPPING_MODES,
+    FEATURES,
+    NOISE_SAMPLERS,
+    OPTIMIZERS,
+    TrainConfig,
+)
 from dpjax.training._levers import CLIP_GROUPS, NOISE_SCHEDULES
 from dpjax.training._trainer import train
 
 # Subcommands of consumer subpackages: each module has ``add_parser(subparsers)``, which adds one
 # subcommand and sets ``func`` (``args -> exit status``) on it.
-_CONSUMER_COMMANDS: tuple[str, ...] = ()
+_CONSUMER_COMMANDS: tuple[str, ...] = (
+    "dpjax.convex._cli",
+    "dpjax.synthetic._cli",
+    "dpjax.federated._cli",
+)
 
 _PRIVACY_NOTE = (
     "Assumes Poisson sampling with rate q and Gaussian noise of std sigma*C added to the "
     "sum of per-example gradients clipped to L2 norm C (add/remove-one neighbours)."
 )
+_USER_NOTE = (
+    "User level (--unit user): assumes Poisson sampling of the users with rate q = expected "
+    "clients per round / users, one step per round, each user's whole update clipped to L2 norm C "
+    "and Gaussian noise of std sigma*C added once per round to the sum (add/remove one user's "
+    "data), as dpjax.federated.CentralDP; q = 1 (every user every round) is not amplified."
+)
+
+
+def _note(args: argparse.Namespace) -> str:
+    """The assumptions behind the number, for the neighbouring unit asked for."""
+    return _USER_NOTE if args.unit == "user" else _PRIVACY_NOTE
 
 
 def _add_common_args(parser: argparse.ArgumentParser, *, phases: bool) -> None:
@@ -60,6 +82,14 @@ def _add_common_args(parser: argparse.ArgumentParser, *, phases: bool) -> None:
     parser.add_argument("--delta", type=float, required=True, help="target delta in (0, 1/N)")
     parser.add_argument(
         "--accountant", choices=("pld", "rdp"), default="pld", help="accountant (default: pld)"
+    )
+    parser.add_argument(
+        "--unit",
+        choices=("example", "user"),
+        default="example",
+        help="the neighbouring unit: example (DP-SGD) or user (federated rounds: --sampling-rate "
+        "CLIENTS/USERS and --steps ROUNDS, or --dataset-size USERS --batch-size CLIENTS); the "
+        "computation is the same, the guarantee's unit differs (default: example)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -187,10 +217,34 @@ def _add_train_parser(subparsers: Any) -> None:
         "shifts (and flips for fashion-mnist) of it, before clipping; images only, vmap "
         "clipping; no privacy cost (default: 0, off)",
     )
+    parser.add_argument(
+        "--features",
+        choices=FEATURES,
+        default=d.features,
+        help="scatternet: train on the scattering transform of the images (J=2, L=8, then "
+        "per-example GroupNorm with 27 groups), computed once; data-independent, no privacy "
+        "cost; use --model logreg, mlp or gn-cnn (default: none)",
+    )
     parser.add_argument("--json-out", help="write the JSON summary here")
     parser.add_argument("--log", help="write one JSON line per evaluation here")
     parser.add_argument(
         "--checkpoint", help="checkpoint file (.npz); if it exists the run resumes from it"
+    )
+    parser.add_argument(
+        "--noise-sampler",
+        choices=NOISE_SAMPLERS,
+        default=None,
+        help="float (default: dpjax's float32 Gaussian) or discrete: exact discrete Gaussian on a "
+        "fixed-point grid from the OS CSPRNG, resists floating-point attacks (host side, about "
+        "5 us per parameter and step; constant noise only)",
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=100,
+        metavar="N",
+        help="write the checkpoint every N steps (also at the end, on Ctrl-C and on SIGTERM; "
+        "atomically, so a failed write keeps the last good one) (default %(default)s)",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument(
@@ -213,6 +267,7 @@ def _run_train(args: argparse.Namespace) -> int:
                 ("--clip-groups", args.clip_groups, ("none",)),
                 ("--ema-decay", args.ema_decay, ()),
                 ("--augmult", args.augmult, (0, 1)),
+                ("--noise-sampler", args.noise_sampler, ("float",)),
             )
             if value is not None and value not in off
         ]
@@ -248,6 +303,8 @@ def _run_train(args: argparse.Namespace) -> int:
         clip_groups=args.clip_groups or TrainConfig.clip_groups,
         ema_decay=args.ema_decay,
         augmult=TrainConfig.augmult if args.augmult is None else args.augmult,
+        noise_sampler=args.noise_sampler or TrainConfig.noise_sampler,
+        features=args.features,
     )
     try:
         with warnings.catch_warnings():
@@ -259,6 +316,7 @@ def _run_train(args: argparse.Namespace) -> int:
                 json_out=args.json_out,
                 log_path=args.log,
                 checkpoint=args.checkpoint,
+                checkpoint_every=args.checkpoint_every,
                 progress=not args.no_progress,
             )
     except KeyboardInterrupt as interrupt:
@@ -409,16 +467,18 @@ def _run_epsilon(args: argparse.Namespace) -> int:
             "accountant": args.accountant,
             **_shape_record(args),
             "notes": notes,
+            "unit": args.unit,
         }
         print(json.dumps(record))
         return 0
-    print(f"epsilon = {eps:.6g} at delta = {args.delta:g} (accountant: {args.accountant})")
+    unit = ", user-level" if args.unit == "user" else ""
+    print(f"epsilon = {eps:.6g} at delta = {args.delta:g} (accountant: {args.accountant}{unit})")
     for i, (s, t) in enumerate(zip(sigmas, steps, strict=True)):
         label = f"phase {i + 1}: " if len(sigmas) > 1 else ""
         print(f"  {label}{t} steps at noise multiplier {s:g}, sampling rate q = {q:.6g}")
     for note in notes:
         print(f"  steps: {note}")
-    print(f"  {_PRIVACY_NOTE}")
+    print(f"  {_note(args)}")
     return 0
 
 
@@ -440,6 +500,7 @@ def _run_calibrate(args: argparse.Namespace) -> int:
             "accountant": args.accountant,
             **_shape_record(args),
             "notes": notes,
+            "unit": args.unit,
         }
         print(json.dumps(record))
         return 0
@@ -450,7 +511,7 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     print(f"  {steps} steps, sampling rate q = {q:.6g}")
     for note in notes:
         print(f"  steps: {note}")
-    print(f"  {_PRIVACY_NOTE}")
+    print(f"  {_note(args)}")
     return 0
 
 

@@ -16,6 +16,8 @@ from dpjax.training import _levers
 
 OPTIMIZERS = ("adam", "sgd", "momentum")
 CLIPPING_MODES = ("auto", "vmap", "ghost")
+NOISE_SAMPLERS = ("float", "discrete")
+FEATURES = ("none", "scatternet")
 MAX_STEPS = 2**31 - 1
 """Most steps a run may take: the noise counter is an int32, and a saturated counter would
 reuse one noise key for every later step."""
@@ -87,6 +89,20 @@ class TrainConfig:
         ('auto' picks it; 'ghost' is refused). **Privacy:** the augmentations
         live inside the example's own loss, before clipping: the sensitivity
         and the privacy cost are unchanged.
+      features: "none" (default) or "scatternet": train on the scattering
+        transform of the images (J = 2, L = 8; 28x28 -> 7x7x81) with
+        per-example GroupNorm (27 groups), :func:`dpjax.features.scatternet_dataset`,
+        computed once before training; use a model that takes any input shape
+        ('logreg', 'mlp', 'gn-cnn'). **Privacy:** a fixed function of each
+        example, independent of the rest of the data: no privacy cost.
+      noise_sampler: "float" (default: dpjax's float32 Gaussian on device) or
+        "discrete": the floating-point-attack-resistant Gaussian,
+        `dpjax.gaussian_mechanism(..., sampler="discrete")` (the sum rounded to a
+        fixed-point grid, exact discrete Gaussian noise from the OS CSPRNG on the
+        host, about 5 us per parameter and step; constant noise only).
+        **Privacy:** accounted as the same `PoissonGaussianSteps(sigma, q)`, under
+        the assumption stated in `gaussian_mechanism`; the rounding is accounted
+        (the noise is about 1 % larger).
     """
 
     dataset: str = "digits"
@@ -110,6 +126,8 @@ class TrainConfig:
     clip_groups: str = "none"
     ema_decay: float | None = None
     augmult: int = 0
+    features: str = "none"
+    noise_sampler: str = "float"
 
     def __post_init__(self):
         if self.dataset not in DATASET_NAMES:
@@ -147,7 +165,36 @@ class TrainConfig:
                 f"steps={self.steps!r} exceeds {MAX_STEPS} (2**31 - 1), the most steps whose noise "
                 "keys dpjax can keep distinct; pass fewer steps."
             )
+        if self.noise_sampler not in NOISE_SAMPLERS:
+            raise ValueError(
+                f"noise_sampler={self.noise_sampler!r} is unknown; pass one of "
+                f"{', '.join(NOISE_SAMPLERS)}."
+            )
+        if self.noise_sampler == "discrete" and (
+            self.noise_schedule != "constant" or self.not_private
+        ):
+            raise ValueError(
+                "noise_sampler='discrete' takes a constant noise multiplier in a private run; "
+                f"got noise_schedule={self.noise_schedule!r}, not_private={self.not_private!r}. "
+                "Pass noise_schedule='constant', or noise_sampler='float'."
+            )
+        if not isinstance(self.not_private, bool):
+            raise ValueError(
+                f"not_private={self.not_private!r} must be True or False (a bool, not "
+                f"{type(self.not_private).__name__}: the string 'false' is truthy and would "
+                "silently train WITHOUT privacy); pass not_private=False for a private run."
+            )
         self._check_levers()
+        if self.features not in FEATURES:
+            raise ValueError(
+                f"features={self.features!r} is unknown; pass one of {', '.join(FEATURES)}."
+            )
+        if self.features != "none" and self.augmult >= 2:
+            raise ValueError(
+                f"features={self.features!r} with augmult={self.augmult}: the features are "
+                "computed once, before training, so there are no images to augment; pass "
+                "augmult=0."
+            )
         if self.not_private:
             if self.noise_multiplier is not None:
                 raise ValueError(

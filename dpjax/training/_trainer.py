@@ -12,6 +12,8 @@ import dataclasses
 import json
 import math
 import os
+import signal
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -27,6 +29,7 @@ import dpjax
 import dpjax.ghost
 from dpjax import _validation
 from dpjax.data import Dataset, Split, load_dataset
+from dpjax.features import scatternet_dataset
 from dpjax.models import FunctionalModel, check_no_batchnorm, make_model
 from dpjax.training import _checkpoint, _levers, _resume
 from dpjax.training._config import RunPlan, TrainConfig, plan_run
@@ -157,7 +160,8 @@ def train(
         checking it: the parameters, optimizer and noise state, the step, the
         seed and the privacy account are restored, so the budget continues and
         no noise key or batch is replayed. It is (re)written every
-        `checkpoint_every` steps, at the end, and on Ctrl-C. It is SENSITIVE
+        `checkpoint_every` steps, at the end, and on Ctrl-C or SIGTERM
+        (written atomically: a failed write keeps the last good one). It is SENSITIVE
         (it holds the secret seed): keep it with the data.
       checkpoint_every: steps between checkpoints.
       progress: show a tqdm progress bar with step, loss, accuracy and epsilon.
@@ -207,6 +211,8 @@ def train(
     outputs = _Outputs.check(json_out, log_path, checkpoint, checkpoint_every)
     start = time.perf_counter()
     data = dataset if dataset is not None else load_dataset(config.dataset, seed=0)
+    if config.features == "scatternet":  # data-independent, per example: no privacy cost
+        data = scatternet_dataset(data)
     resume = _resume.read_resume_metadata(outputs.checkpoint, config)
     seed = _master_seed(config, resume)
     fingerprint = None
@@ -228,6 +234,7 @@ def train(
     if not config.not_private:
         check_no_batchnorm(model)
     loss = loss or classification_loss
+    _check_inputs(data, model.params, classification=loss is classification_loss)
     clip = _levers.group_clip_norms(config.clip_groups, config.clip_norm, model.params)
     sampler = dpjax.PoissonSampler(
         n,
@@ -271,6 +278,11 @@ def train(
         state.params, state.opt_state = restored[0], restored[1]
         state.ema = restored[2] if ema_decay is not None else None
         state.steps_done = resume["step"]
+        if not _all_finite(state.tree):
+            raise ValueError(
+                f"checkpoint={str(outputs.checkpoint)!r} holds non-finite parameters or optimizer "
+                "state (NaN or inf); restore a good copy of the checkpoint."
+            )
         _resume.check_resumed_state(
             outputs.checkpoint, state.steps_done, tracker, state.opt_state, noise_key
         )
@@ -303,6 +315,7 @@ def train(
         tracker.reserve([dpjax.PoissonGaussianSteps(s, plan.sampling_rate) for s in rest])
     x_all, y_all = jnp.asarray(data.train.x), jnp.asarray(data.train.y)
     stop_reason, interrupted = "completed", False
+    restore_signals = _interrupt_on_sigterm()  # SIGTERM ends the run as Ctrl-C does
     try:
         for t in range(state.steps_done, plan.steps):
             batch = sampler.sample(t)
@@ -332,6 +345,7 @@ def train(
     except KeyboardInterrupt:
         interrupted, stop_reason = True, "interrupted"
     finally:
+        restore_signals()
         log.close()
     save()
 
@@ -343,6 +357,7 @@ def train(
     summary |= {
         "steps": state.steps_done,
         "stop_reason": stop_reason,
+        "noise_sampler": config.noise_sampler,
         "seed": _resume.seed_note(config.seed, outputs.checkpoint),
         "wall_seconds": time.perf_counter() - start,
     }
@@ -356,6 +371,76 @@ def train(
 
 
 # ----------------------------------------------------------------------- the pieces
+
+
+def _all_finite(tree: PyTree) -> bool:
+    """Whether every floating-point leaf of `tree` is finite (keys and integers pass)."""
+    leaves = [np.asarray(x) for x in jax.tree.leaves(tree) if not _is_prng_key(x)]
+    return all(bool(np.isfinite(x).all()) for x in leaves if x.dtype.kind in "fc")
+
+
+def _is_prng_key(x: Any) -> bool:
+    return isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _check_inputs(data: Dataset, params: PyTree, *, classification: bool) -> None:
+    """Refuses NaN/inf inputs or parameters and, for classification, labels that are not classes.
+
+    Host side, before any step. (The mechanism itself would survive them: a
+    non-finite gradient row contributes nothing to the clipped sum; but such a
+    run learns nothing, and an out-of-range label would be clamped silently by
+    the gather inside the loss.) The error goes to the data owner running the
+    job, never into a release.
+    """
+    if not _all_finite(params):
+        raise ValueError(
+            "the model's initial parameters hold NaN or inf; initialize them with finite values."
+        )
+    for part in ("train", "validation", "test"):
+        split: Split = getattr(data, part)
+        if len(split) and split.x.dtype.kind == "f" and not np.isfinite(split.x).all():
+            bad = int(np.count_nonzero(~np.isfinite(split.x).reshape(len(split), -1).all(axis=1)))
+            raise ValueError(
+                f"dataset {data.name!r} {part} inputs hold NaN or inf in {bad} example(s); clean "
+                "or drop them before training (nothing was trained)."
+            )
+        if not classification or not len(split):
+            continue
+        y, k = split.y, data.num_classes
+        if y.dtype.kind not in "iu" or y.ndim != 1:
+            raise ValueError(
+                f"dataset {data.name!r} {part} labels are {y.dtype}{list(y.shape)}; the "
+                "classification loss needs one integer class per example, shape (N,). Pass "
+                "integer labels, or loss= for another objective."
+            )
+        if k is not None and (int(y.min()) < 0 or int(y.max()) >= k):
+            raise ValueError(
+                f"dataset {data.name!r} {part} labels range over [{int(y.min())}, {int(y.max())}] "
+                f"but num_classes={k}: every label must be in [0, {k}). Fix the labels or "
+                "num_classes."
+            )
+
+
+def _interrupt_on_sigterm() -> Callable[[], None]:
+    """Turns SIGTERM into KeyboardInterrupt (as SIGINT is) until the returned function is called.
+
+    The run then stops between steps, discards the unfinished step, writes its
+    checkpoint and summary, and re-raises. Only in the main thread (where Python
+    delivers signals); elsewhere nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum: int, frame: Any) -> None:
+        del frame
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, previous)
+
+    return restore
 
 
 def _num_classes(data: Dataset) -> int:
@@ -468,6 +553,11 @@ def _noisy_mean(config: TrainConfig, plan: RunPlan, key: jax.Array) -> optax.Gra
             return dpjax.non_private_mean(config.batch_size)
     if plan.noise_schedule is not None:  # sigma_t at the noise stage's own step counter
         return dpjax.noisy_mean(plan.noise_schedule, config.batch_size, key)
+    if config.noise_sampler == "discrete":  # noisy_mean's chain with the exact sampler
+        return optax.chain(
+            dpjax.gaussian_mechanism(plan.noise_multiplier, key, sampler="discrete"),
+            dpjax.scale_by_expected_batch_size(config.batch_size),
+        )
     return dpjax.noisy_mean(plan.noise_multiplier, config.batch_size, key)
 
 
@@ -532,8 +622,7 @@ class _Log:
         }
         self.history.append(entry)
         if self.path is not None:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(_finite_or_none(entry)) + "\n")
+            _append_line(self.path, json.dumps(_finite_or_none(entry)))
         if self.bar is not None:
             self.bar.set_postfix(
                 step=step,
@@ -603,7 +692,27 @@ def _lever_summary(
         "ema_decay": config.ema_decay,
         "evaluated_params": "final" if config.ema_decay is None else "ema",
         "augmult": augmult,
+        "features": config.features,
     }
+
+
+def _append_line(path: Path, line: str) -> None:
+    """Appends one line with a single O_APPEND write, after a newline if the file ends mid-line.
+
+    A run killed mid-write leaves at most a torn last line; the next line (e.g. of the
+    resumed run) starts on a line of its own, so every complete line stays one JSON record.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        torn = False
+        size = os.fstat(fd).st_size
+        if size:
+            with open(path, "rb") as f:
+                f.seek(size - 1)
+                torn = f.read(1) != b"\n"
+        os.write(fd, (("\n" if torn else "") + line + "\n").encode())
+    finally:
+        os.close(fd)
 
 
 def _check_writable(path: str | os.PathLike | None, name: str) -> Path | None:
