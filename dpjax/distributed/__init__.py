@@ -25,6 +25,9 @@ Several hosts (one process each, `jax.distributed.initialize`):
   on every process, noise key included) on every device of every process.
 * :func:`shard_global_batch`: one global Poisson batch (the same secret seed on
   every process), each process loading and placing only its rows.
+* :func:`save_checkpoint_once` / :func:`restore_checkpoint`: process 0 writes
+  the checkpoint (with the accountant's state) once, every process waits for
+  it; every process restores the same bytes (checked) and process 0 the account.
 
 Starting the processes:
 
@@ -33,7 +36,7 @@ Starting the processes:
 * :func:`launch_local` (``python -m dpjax.distributed -n N -- COMMAND``): N
   processes of one run on this machine, with one pair of secret seeds.
 
-Not done yet: FSDP-sharded parameters, sharded noise.
+Not done yet: FSDP-sharded parameters, sharded noise generation.
 """
 
 from dpjax.distributed._data_parallel import data_mesh as data_mesh
@@ -46,4 +49,6 @@ from dpjax.distributed._launch import launch_local as launch_local
 from dpjax.distributed._multihost import initialize as initialize
 from dpjax.distributed._multihost import process_rows as process_rows
 from dpjax.distributed._multihost import replicate_across_processes as replicate_across_processes
+from dpjax.distributed._multihost import restore_checkpoint as restore_checkpoint
+from dpjax.distributed._multihost import save_checkpoint_once as save_checkpoint_once
 from dpjax.distributed._multihost import shard_global_batch as shard_global_batch

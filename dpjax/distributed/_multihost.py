@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import pathlib
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import dpjax
 from dpjax import _validation
 from dpjax.distributed._data_parallel import _axis_size
+from dpjax.training import _checkpoint
 
 PyTree = Any
 
@@ -276,3 +281,127 @@ def replicate_across_processes(tree: PyTree, mesh: Mesh) -> PyTree:
         return jax.make_array_from_process_local_data(sharding, x, x.shape)
 
     return jax.tree.map(put, tree)
+
+
+def _local_copy(leaf: Any) -> Any:
+    """This process's copy of a replicated leaf (a whole array), or the leaf itself."""
+    if not isinstance(leaf, jax.Array):
+        return leaf
+    if not leaf.sharding.is_fully_replicated:
+        raise ValueError(
+            f"a leaf of shape {leaf.shape} is sharded ({leaf.sharding}); a multi-host checkpoint "
+            "holds replicated parameters and optimizer state only. Place them with "
+            "dpjax.distributed.replicate_across_processes."
+        )
+    return leaf.addressable_data(0)
+
+
+def _file_digest(path: str | os.PathLike[str]) -> np.ndarray:
+    digest = hashlib.sha256(pathlib.Path(path).read_bytes()).digest()
+    # 16-bit pieces in int32: exact under JAX's default 32-bit integers (the collective's type).
+    return np.frombuffer(digest, np.uint16).astype(np.int32)
+
+
+def save_checkpoint_once(
+    path: str | os.PathLike[str],
+    tree: PyTree,
+    metadata: dict[str, Any],
+    *,
+    tracker: dpjax.PrivacyTracker | None = None,
+) -> None:
+    """Writes a checkpoint of a multi-host run ONCE (process 0), then every process waits for it.
+
+    Every process calls it at the same step with the same replicated `tree`
+    (parameters and optimizer state, noise key and step counter included).
+    Process 0 writes `path` atomically (the trainer's checkpoint format: a
+    temporary file, fsync, rename), with `tracker`'s state (process 0 owns the
+    accountant) under ``metadata["tracker"]``; the others write nothing. A
+    barrier (`sync_global_devices`) then holds every process until the file is
+    complete, so a process that goes on to read it finds it whole.
+
+    Args:
+      path: the `.npz` file, on a file system every host can read.
+      tree: a pytree of fully replicated arrays (:func:`replicate_across_processes`).
+      metadata: JSON-serializable record (e.g. the step).
+      tracker: process 0's accountant; None on the other processes.
+
+    Raises:
+      ValueError: if a leaf is sharded rather than replicated, or `tracker`
+        is not None on a process other than 0 (the accountant runs once), or
+        `metadata` already holds "tracker".
+
+    Example:
+      >>> import os, tempfile, jax.numpy as jnp, dpjax, dpjax.distributed as dd
+      >>> mesh = dd.data_mesh()
+      >>> tree = dd.replicate_across_processes({"w": jnp.arange(3.0)}, mesh)
+      >>> tracker = dpjax.PrivacyTracker(target_epsilon=3.0, delta=1e-5, sampling_rate=0.01)
+      >>> tracker.record_step(1.0)
+      >>> path = os.path.join(tempfile.mkdtemp(), "ckpt.npz")
+      >>> dd.save_checkpoint_once(path, tree, {"step": 1}, tracker=tracker)
+      >>> tree, metadata, tracker = dd.restore_checkpoint(path, tree, mesh)
+      >>> tree["w"].tolist(), metadata["step"], tracker.steps
+      ([0.0, 1.0, 2.0], 1, 1)
+
+    **Privacy:** the checkpoint is SENSITIVE (the unreleased state, the noise
+    key): keep it with the data. The accountant's state travels in it, so a
+    resumed run continues the account and never resets the budget.
+    """
+    if tracker is not None and jax.process_index() != 0:
+        raise ValueError(
+            f"tracker is set on process {jax.process_index()}: the accountant runs once, on "
+            "process 0; pass tracker=None on the others."
+        )
+    if "tracker" in metadata:
+        raise ValueError(
+            "metadata already holds 'tracker'; pass the accountant as tracker= instead."
+        )
+    local = jax.tree.map(_local_copy, tree)
+    if jax.process_index() == 0:
+        record = dict(metadata)
+        if tracker is not None:
+            record["tracker"] = tracker.state_dict()
+        _checkpoint.save_checkpoint(path, local, record)
+    multihost_utils.sync_global_devices(f"dpjax checkpoint {os.fspath(path)}")
+
+
+def restore_checkpoint(
+    path: str | os.PathLike[str], like: PyTree, mesh: Mesh
+) -> tuple[PyTree, dict[str, Any], dpjax.PrivacyTracker | None]:
+    """Restores a :func:`save_checkpoint_once` checkpoint on every process, replicated on `mesh`.
+
+    Every process reads the same file; the processes first check, through the
+    runtime, that they all read the same bytes (SHA-256), so no host resumes
+    from a stale or different copy. Process 0 rebuilds the accountant from the
+    saved state; the others get None.
+
+    Args:
+      path: the file :func:`save_checkpoint_once` wrote.
+      like: a pytree with the saved structure, shapes and dtypes.
+      mesh: the mesh over every process's devices.
+
+    Returns:
+      `(tree, metadata, tracker)`: the tree replicated on `mesh`, the metadata
+      (without "tracker"), and the resumed tracker on process 0 (None
+      elsewhere, or if none was saved).
+
+    Raises:
+      ValueError: if the file is corrupt or does not match `like`, or the
+        processes read different files.
+
+    **Privacy:** the budget never resets: the tracker resumes with every
+    release the run recorded before the checkpoint.
+    """
+    digest = _file_digest(path)
+    try:
+        multihost_utils.assert_equal(digest, "checkpoint digest")
+    except AssertionError as err:
+        raise ValueError(
+            f"the processes read different files at {os.fspath(path)!r}; put the checkpoint on a "
+            "file system every host shares."
+        ) from err
+    tree, metadata = _checkpoint.load_checkpoint(path, like)
+    state = metadata.pop("tracker", None)
+    tracker = None
+    if state is not None and jax.process_index() == 0:
+        tracker = dpjax.PrivacyTracker.from_state_dict(state)
+    return replicate_across_processes(tree, mesh), metadata, tracker

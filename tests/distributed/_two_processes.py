@@ -7,7 +7,9 @@ Run by test_multihost.py, once per process of a two-process run on localhost:
 (`dpjax.distributed.launch_local`), and once as one process with the same DPJAX_*_SEED
 variables, as the reference. Process i writes its JSON to OUT.i. Every process uses the same
 sampler seed (so the same indices), the same noise key, and loads only its own rows of each
-batch (`dpjax.distributed.shard_global_batch`); the accountant runs on process 0 only.
+batch (`dpjax.distributed.shard_global_batch`); the accountant runs on process 0 only. After the
+first step the run checkpoints (process 0 writes once, with the accountant) and every process
+restores from that file before the second step.
 """
 
 import json
@@ -42,11 +44,19 @@ N, D, K = 48, 6, 3  # fixed public synthetic data (a test, not a release)
 BATCH, STEPS, MICRO = 16, 2, 2
 C, SIGMA, LR, DELTA = 1.0, 1.0, 0.5, 1e-5
 SEED, KEY = RUN.sampler_seed, RUN.noise_seed  # the same on every process (the launcher's)
+CKPT = OUT.with_suffix(".ckpt.npz")  # one file for the whole run, on the shared file system
 
 
 def per_example_loss(w, example):
     x, y = example
     return optax.softmax_cross_entropy_with_integer_labels(x @ w["kernel"] + w["bias"], y)
+
+
+def _host(leaf):
+    """This process's copy of a replicated leaf, as NumPy (a key as its key data)."""
+    if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        leaf = jax.random.key_data(leaf)
+    return np.asarray(leaf.addressable_data(0))
 
 
 def main():
@@ -79,6 +89,7 @@ def main():
     if jax.process_index() == 0:  # the accountant runs once
         tracker = dpjax.PrivacyTracker(target_epsilon=50.0, delta=DELTA, sampling_rate=BATCH / N)
     sizes, real, rows = [], [], []
+    written, restored, resumed_steps = [], [], []
     for t in range(STEPS):
         # Every process agrees on the step before it is taken.
         multihost_utils.assert_equal(np.int64(t), "step counter")
@@ -90,6 +101,15 @@ def main():
         real.append(sample.size)
         rows.append(dd.process_rows(int(mask.shape[0]), mesh))
         params, state = update(params, state, batch, mask)
+        if t == 0:  # a checkpoint mid-run: written once, restored on every process
+            before = jax.tree.map(_host, (params, state))
+            dd.save_checkpoint_once(CKPT, (params, state), {"step": t + 1}, tracker=tracker)
+            written.append(os.path.exists(CKPT))
+            (params, state), meta, tracker = dd.restore_checkpoint(CKPT, (params, state), mesh)
+            after = jax.tree.map(_host, (params, state))
+            same = jax.tree.map(np.array_equal, before, after)
+            restored.append(bool(all(jax.tree.leaves(same))) and meta == {"step": 1})
+            resumed_steps.append(None if tracker is None else tracker.steps)
     local = {k: np.asarray(v.addressable_data(0)) for k, v in params.items()}
     out = {
         "process": jax.process_index(),
@@ -104,6 +124,9 @@ def main():
         "loaded": len(loaded),
         "epsilon": None if tracker is None else tracker.epsilon_spent(),
         "params": {k: v.astype(float).tolist() for k, v in local.items()},
+        "checkpoint_written": written,
+        "checkpoint_restored_exactly": restored,
+        "resumed_steps": resumed_steps,
     }
     OUT.with_suffix(f".{jax.process_index()}").write_text(json.dumps(out))
 

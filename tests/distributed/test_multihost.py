@@ -92,6 +92,16 @@ def test_two_processes_share_one_global_run(runs):
     assert p1["epsilon"] is None and p0["epsilon"] == single["epsilon"] > 0
 
 
+def test_checkpoint_is_written_once_and_restored_on_every_process(runs):
+    single, (p0, p1) = runs
+    # Process 0 wrote before the barrier; process 1 found the file complete after it.
+    assert p0["checkpoint_written"] == p1["checkpoint_written"] == [True]
+    assert p0["checkpoint_restored_exactly"] == p1["checkpoint_restored_exactly"] == [True]
+    # The account resumed on process 0 only, with the step already taken (never reset).
+    assert p0["resumed_steps"] == [1] and p1["resumed_steps"] == [None]
+    assert single["resumed_steps"] == [1]
+
+
 def test_parameters_agree_exactly_across_processes_and_with_one_process(runs):
     single, (p0, p1) = runs
     assert p0["params"] == p1["params"]  # bitwise: one replicated computation
@@ -168,3 +178,24 @@ def test_launch_local_refuses_bad_arguments_and_stops_on_a_failure():
     fail_one = "import os, sys, time; sys.exit(5) if os.environ['DPJAX_PROCESS_ID'] == '1' else time.sleep(60)"
     codes = dd.launch_local([sys.executable, "-c", fail_one], 2, timeout=30)
     assert codes[1] == 5 and codes[0] != 0  # process 0 was stopped, not waited for
+
+
+def test_checkpoint_once_round_trip_on_one_process_resumes_the_account(tmp_path):
+    mesh = dd.data_mesh()
+    tree = dd.replicate_across_processes({"w": np.arange(4.0, dtype=np.float32)}, mesh)
+    tracker = dpjax.PrivacyTracker(target_epsilon=3.0, delta=1e-5, sampling_rate=0.01)
+    for _ in range(3):
+        tracker.record_step(1.1)
+    path = tmp_path / "ckpt.npz"
+    with pytest.raises(ValueError, match="tracker="):
+        dd.save_checkpoint_once(path, tree, {"tracker": {}}, tracker=tracker)
+    assert not path.exists()
+    dd.save_checkpoint_once(path, tree, {"step": 3}, tracker=tracker)
+    restored, metadata, resumed = dd.restore_checkpoint(path, tree, mesh)
+    np.testing.assert_array_equal(np.asarray(restored["w"]), np.arange(4.0))
+    assert metadata == {"step": 3}
+    assert resumed is not None and resumed.steps == 3
+    assert resumed.epsilon_spent() == tracker.epsilon_spent() > 0
+    path.write_bytes(path.read_bytes()[:-20])  # truncated: refused, never half-read
+    with pytest.raises(ValueError):
+        dd.restore_checkpoint(path, tree, mesh)
