@@ -8,7 +8,7 @@ The data flow one way, one module per stage:
                       GroupClipNorms (per-layer budgets)
     sparsify          private_topk, topk_support, random_support,             (_sparsity)
                       topk_after_noise
-    accumulate        accumulate_clipped_grads                                (_accumulation)
+    accumulate        accumulate_clipped_grads, accumulate_microbatches       (_accumulation)
     adaptive clip     adaptive_dp_aggregate (C_t follows a quantile),         (_adaptive)
                       private_group_clip_norms (per-group C_g at a private quantile)
     noise             gaussian_mechanism, add_gaussian_noise                  (_noise)
@@ -36,6 +36,7 @@ from dpjax._accounting import dp_sgd_event as dp_sgd_event
 from dpjax._accounting import max_steps as max_steps
 from dpjax._accounting import steps_from_epochs as steps_from_epochs
 from dpjax._accumulation import accumulate_clipped_grads as accumulate_clipped_grads
+from dpjax._accumulation import accumulate_microbatches as accumulate_microbatches
 from dpjax._adaptive import AdaptiveClipState as AdaptiveClipState
 from dpjax._adaptive import adaptive_dp_aggregate as adaptive_dp_aggregate
 from dpjax._adaptive import effective_noise_multiplier as effective_noise_multiplier

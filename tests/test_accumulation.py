@@ -62,3 +62,75 @@ def test_mask_of_the_wrong_shape_is_refused_before_reshaping():
     acc = dpjax.accumulate_clipped_grads(grads, l2_norm=1.0, microbatch_size=4)
     with pytest.raises(ValueError, match=r"mask has shape \(11,\)"):
         jax.jit(acc)(params, batch, mask[:11])
+
+
+def _ghost_mlp():
+    from dpjax import ghost
+
+    key = jax.random.key(3)
+    params = {
+        "l1": {"w": 0.5 * jax.random.normal(key, (6, 8)), "b": jnp.zeros(8)},
+        "l2": {"w": 0.5 * jax.random.normal(jax.random.fold_in(key, 1), (8, 3)), "b": jnp.zeros(3)},
+    }
+
+    def logits(p, x):
+        h = jnp.tanh(ghost.ghost_dense(x, p["l1"]["w"], p["l1"]["b"]))
+        return ghost.ghost_dense(h, p["l2"]["w"], p["l2"]["b"])
+
+    def losses(p, batch):
+        x, y = batch
+        return -jnp.take_along_axis(jax.nn.log_softmax(logits(p, x)), y[:, None], axis=1)[:, 0]
+
+    return params, losses
+
+
+def test_ghost_clipper_accumulated_over_microbatches_matches_an_eager_loop_under_jit():
+    from dpjax import ghost
+
+    params, losses = _ghost_mlp()
+    key = jax.random.key(4)
+    x = 2.0 * jax.random.normal(key, (16, 6))
+    y = jnp.arange(16) % 3
+    mask = jnp.arange(16) < 13
+    x = x.at[13].set(jnp.nan).at[14].set(1e6)  # padded rows: hostile, and masked out
+    c = 0.3
+    # The reference: one example at a time, eagerly, clipped to c, summed over the real rows.
+    want = jax.tree.map(jnp.zeros_like, params)
+    for i in range(13):
+        g = jax.grad(lambda p, i=i: losses(p, (x[i : i + 1], y[i : i + 1]))[0])(params)
+        norm = jnp.sqrt(sum(jnp.sum(leaf**2) for leaf in jax.tree.leaves(g)))
+        want = jax.tree.map(lambda a, b, n=norm: a + b * jnp.minimum(1.0, c / n), want, g)
+    clipper = ghost.ghost_clipped_grads(losses, l2_norm=c)
+    for m in (4, 8, 16):
+        acc = jax.jit(dpjax.accumulate_microbatches(clipper, microbatch_size=m))
+        got = acc(params, (x, y), mask)
+        assert got.sensitivity == c
+        for a, b in zip(jax.tree.leaves(got.sum), jax.tree.leaves(want), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_accumulated_ghost_sum_moves_by_at_most_c_when_one_example_is_added():
+    from dpjax import ghost
+
+    params, losses = _ghost_mlp()
+    x = 50.0 * jax.random.normal(jax.random.key(5), (8, 6))
+    y = jnp.arange(8) % 3
+    acc = jax.jit(
+        dpjax.accumulate_microbatches(
+            ghost.ghost_clipped_grads(losses, l2_norm=1.0), microbatch_size=4
+        )
+    )
+    with_it = acc(params, (x, y), jnp.ones(8, bool))
+    without = acc(params, (x, y), jnp.arange(8) != 5)
+    diff = jax.tree.map(jnp.subtract, with_it.sum, without.sum)
+    norm = float(jnp.sqrt(sum(jnp.sum(d**2) for d in jax.tree.leaves(diff))))
+    assert 0.5 < norm <= 1.0 + 1e-5  # a large example: clipped to exactly C
+
+
+def test_accumulate_microbatches_refuses_a_batch_that_is_not_a_multiple():
+    params, batch, mask, grads = _setup()
+    clipper = dpjax.accumulate_clipped_grads(grads, l2_norm=1.0, microbatch_size=12)
+    with pytest.raises(ValueError, match="multiple of microbatch_size=5"):
+        dpjax.accumulate_microbatches(clipper, microbatch_size=5)(params, batch, mask)
+    with pytest.raises(ValueError, match="microbatch_size"):
+        dpjax.accumulate_microbatches(clipper, microbatch_size=0)

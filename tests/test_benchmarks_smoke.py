@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import importlib
+import json
 import math
 import pathlib
 import sys
@@ -247,3 +248,15 @@ def test_multidevice_times_the_three_steps_and_the_dp_step_is_dpjaxs():
     (ratio,) = multidevice.add_ratios(records)
     assert ratio["dp_over_non_private"] > 0 and 0.0 <= ratio["allreduce_share_estimate"] < 1.0
     assert ratio["dp_speedup_vs_one_device"] == 1.0
+
+
+def test_big_model_quick_times_ghost_accumulation_against_non_private(tmp_path):
+    big_model = importlib.import_module("big_model")
+    out = tmp_path / "big_model.json"
+    assert big_model.main(["--quick", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    result = report["result"]
+    assert result["logical_batch"] == 4 * result["microbatch"]
+    for mode in ("non-private", "dp-ghost"):
+        assert len(result["records"][mode]["times_s"]) == big_model.QUICK["repeats"]
+    assert result["dp_over_non_private_time"] > 0

@@ -518,7 +518,8 @@ def _clipper(
         probe = (jnp.asarray(train_split.x[:2]), jnp.asarray(train_split.y[:2]))
         ok = dpjax.ghost.is_ghost_compatible(losses_fn, model.params, probe)
         if ok:
-            return "ghost", dpjax.ghost.ghost_clipped_grads(losses_fn, l2_norm=clip)
+            ghost = dpjax.ghost.ghost_clipped_grads(losses_fn, l2_norm=clip)
+            return "ghost", dpjax.accumulate_microbatches(ghost, microbatch_size=microbatch)
         if config.clipping == "ghost":
             raise ValueError(
                 f"clipping='ghost' but model={config.model!r} cannot be clipped in one backward "
