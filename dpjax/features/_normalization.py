@@ -209,7 +209,7 @@ def private_group_statistics(
 
     key = _validation.check_key(key)
 
-    tracker.record(dpjax.GaussianRelease(sigma))  # checked (and refused) before anything is computed
+    tracker.record(dpjax.GaussianRelease(sigma))  # refused (if over budget) before any compute
     summed: dpjax.ClippedSum | None = None
     for i in range(0, len(x), chunk):
         rows = np.zeros((chunk, *x.shape[1:]), np.float32)  # one compiled shape

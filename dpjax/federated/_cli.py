@@ -101,6 +101,11 @@ def run(args: argparse.Namespace) -> int:
 
     Raises:
       ValueError: for invalid options.
+
+    **Privacy:** the noise key and the client sampler's seed come from
+    :func:`dpjax.secret_seed` unless `--seed` is given (a known seed reveals
+    the noise: reproducible research on public data only); neither is printed.
+    `--mode not-private` is labelled NOT PRIVATE and reports no epsilon.
     """
     if args.rounds < 1:
         raise ValueError(f"--rounds={args.rounds} must be >= 1.")

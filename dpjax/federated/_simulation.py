@@ -191,6 +191,7 @@ class FederatedSimulation:
         self.round_index = 0
         self.opt_state: Any = None
         self._server: Any = None
+        self._recorded: tuple[int, np.ndarray] | None = None  # the round sample_clients recorded
 
     def _local_limit(self) -> int | None:
         """Under local DP, the most messages a client may send within the budget."""
@@ -236,6 +237,7 @@ class FederatedSimulation:
             self.tracker.record(self.mode.release(self.sampling_rate))  # BEFORE the release
         if isinstance(self.mode, LocalDP):
             np.add.at(self.participations, sampled.indices[mask], 1)
+        self._recorded = (self.round_index, mask.copy())
         return sampled.indices, mask
 
     def shuffle_key(self, round_index: int) -> jax.Array:
@@ -247,7 +249,30 @@ class FederatedSimulation:
 
         For an external engine (Flower) that computed the clients' updates
         itself; call :meth:`sample_clients` first. Advances the round.
+
+        Raises:
+          ValueError: if this round was not recorded by :meth:`sample_clients`
+            (no call, or a second `server_step` for it), or `client_mask`
+            marks a client that was not sampled.
+
+        **Privacy:** a release: it runs only once per round that
+        :meth:`sample_clients` told the accountant, on the clients sampled
+        for it (issue 17, section 5: a second call, or a call without
+        sampling, released an unaccounted round).
         """
+        real = np.asarray(client_mask, bool)
+        recorded = self._recorded
+        if recorded is None or recorded[0] != self.round_index:
+            raise ValueError(
+                f"server_step for round {self.round_index} was not recorded: call "
+                "sample_clients() first (it tells the accountant), once per server_step."
+            )
+        if real.shape != recorded[1].shape or bool(np.any(real & ~recorded[1])):
+            raise ValueError(
+                "client_mask marks clients that sample_clients() did not sample for this round "
+                "(their updates would be unaccounted); pass the mask it returned."
+            )
+        self._recorded = None
         if self._server is None:
 
             def step(params, opt_state, pseudo, mask):
@@ -266,6 +291,7 @@ class FederatedSimulation:
         """Runs one round (accounted before it runs) and returns the new params and its report."""
         start = time.perf_counter()
         ids, mask = self.sample_clients()
+        self._recorded = None  # this round is released here, not through server_step
         batch = client_batch(self.data.users, ids, mask, self.local.batch_size, self.max_examples)
         key = self.shuffle_key(self.round_index)
         params, self.opt_state = self._round(params, self.opt_state, self._x, self._y, batch, key)
