@@ -1,16 +1,20 @@
 """dpjax.convex: differentially private convex models without DP-SGD.
 
 L2-regularized logistic regression (multinomial and one-vs-rest), a linear SVM
-with a smoothed hinge, and ridge regression, solved to a stated gradient-norm
-tolerance and privatized by output perturbation, objective perturbation or
-approximate minima perturbation, with Gaussian ((epsilon, delta)) or L2-Laplace
-(pure epsilon) noise. Feature vectors are clipped to a stated ``data_norm`` (never
-computed from the data), so the Lipschitz constants are data-independent. Every
-release is a record in a :class:`dpjax.PrivacyTracker` (``GaussianRelease`` or
-``PureEpsilonRelease``), made before the noise is drawn, so a convex fit and
-DP-SGD steps compose in one account.
+with a smoothed hinge, and ridge regression, solved to within a stated distance
+of the minimizer whatever the data (L-BFGS, then a fixed number of accelerated
+steps computed from public constants), and privatized by output perturbation,
+objective perturbation or approximate minima perturbation, with Gaussian
+((epsilon, delta)) or L2-Laplace (pure epsilon) noise. Feature vectors are
+clipped to a stated ``data_norm`` (never computed from the data), so the
+Lipschitz constants are data-independent. Every release is a record in a
+:class:`dpjax.PrivacyTracker` (``GaussianRelease`` or ``PureEpsilonRelease``),
+made before the solver runs, so a convex fit and DP-SGD steps compose in one
+account (output perturbation holds under add/remove too; the objective-based
+mechanisms under replace-one).
 
-    ConvexProblem, LOSSES, ConvergenceError   the models and their constants  (_problems)
+    ConvexProblem, LOSSES, ConvergenceError   the models and their constants  (_problems;
+                                              ConvergenceError is no longer raised)
     gaussian_noise, l2_laplace_noise          noise for parameter vectors     (_noise)
     private_fit, PrivateFit, MECHANISMS,      the mechanisms                  (_mechanisms)
       NOISES, calibrate_gaussian

@@ -44,8 +44,9 @@ def add_parser(subparsers: Any) -> None:
         description="Trains L2-regularized logistic regression or a smoothed-hinge SVM to a "
         "gradient-norm tolerance and privatizes it by output, objective or approximate minima "
         "perturbation; prints test accuracy and the epsilon spent. Rows are clipped to "
-        "--data-norm (never computed from the data); neighbours: replace one example, or "
-        "add/remove one with the data set size public.",
+        "--data-norm (never computed from the data); neighbours: replace one example (output "
+        "perturbation: or add/remove one), the data set size public. --seed is research mode: "
+        "the JSON says so but never holds the seed.",
     )
     parser.add_argument("--dataset", default="digits", help=f"one of {', '.join(DATASET_NAMES)}")
     parser.add_argument("--model", default="logreg", help=f"one of {', '.join(MODELS)}")
@@ -72,6 +73,14 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Runs ``dpjax convex``; returns the exit status.
+
+    **Privacy:** the JSON summary holds the released parameters' public numbers
+    (records, sensitivity, noise scale, n) and the un-noised accuracies (labelled
+    as such); never a seed or key (``"seed"`` says in words whether it was explicit
+    or secret, as the trainer's summary does). Until the issue 17 review it held
+    the seed's value (with ``--seed``: whoever read it could regenerate the noise
+    and subtract it) and the solver's ``grad_norm`` and ``iterations`` on the
+    private data.
 
     Raises:
       ValueError: for invalid input (the CLI prints ``dpjax: error: ...``).
@@ -130,7 +139,14 @@ def run(args: argparse.Namespace) -> int:
         "data_norm": data_norm,
         "lipschitz": problem.lipschitz,
         "n": fit.n,
-        "seed": args.seed,
+        "research_mode": args.seed is not None,
+        # what the trainer's summary says too: never the value (key_from_seed(seed) is the key)
+        "seed": (
+            "secret (drawn from the OS; not recorded)"
+            if args.seed is None
+            else "explicit (reproducible research; not recorded: whoever knows it can "
+            "regenerate the noise)"
+        ),
         "wall_seconds": time.perf_counter() - start,
         "device": jax.devices()[0].device_kind,
         "accuracy_note": "accuracies are computed from the data without noise: for the data "

@@ -52,9 +52,9 @@ class _DPClassifier(ClassifierMixin, BaseEstimator):
           self.
 
         Raises:
-          ValueError: for NaN/inf features, a single class, labels outside
-            ``classes``, epsilon <= 0, l2_reg <= 0, or another invalid parameter.
-          ConvergenceError: if the solver misses its tolerance (nothing released).
+          ValueError: for a single class, labels outside ``classes``, epsilon <= 0,
+            l2_reg <= 0, or another invalid parameter (a NaN/inf feature row is
+            zeroed, not refused: see :meth:`dpjax.convex.ConvexProblem.prepare`).
           dpjax.BudgetExceededError: if the tracker refuses the release.
         """
         y = np.asarray(y)
@@ -146,8 +146,10 @@ class DPLogisticRegression(_DPClassifier):
       fit_intercept: append a constant feature 1 after clipping.
       classes: the labels, chosen without looking at y (None reads them from y
         with a :class:`dpjax.NotPrivateWarning`).
-      tol: the solver's gradient-norm tolerance (default ``0.01 L / n``).
-      max_iter: L-BFGS iterations at most.
+      tol: the solver's tolerance (default ``0.01 L / n``): its point is within
+        ``tol / l2_reg`` of the minimizer, for any data.
+      max_iter: L-BFGS iterations at most before fixed accelerated steps take
+        over (0: those alone).
       random_state: None for a secret key (:func:`dpjax.secret_key`); an int
         gives a reproducible, NOT secret key (research on public data only).
       tracker: a :class:`dpjax.PrivacyTracker` to record in (e.g. shared with
@@ -169,9 +171,11 @@ class DPLogisticRegression(_DPClassifier):
       (True, True)
 
     **Privacy:** (epsilon, delta)-DP (Gaussian) or epsilon-DP (Laplace) for the
-    released coefficients, under replace-one or add/remove-one neighbours with n
-    public; see :func:`dpjax.convex.private_fit`. ``classes_`` is data-independent
-    only when ``classes`` is given. Predictions are post-processing.
+    released coefficients, under replace-one neighbours, and under add/remove
+    for output perturbation (n public); see :func:`dpjax.convex.private_fit`.
+    ``classes_`` is data-independent only when ``classes`` is given. ``fit_``
+    holds the public numbers of the fit and nothing else from the data.
+    Predictions are post-processing.
     """
 
     def __init__(
@@ -248,7 +252,7 @@ class DPLinearSVC(_DPClassifier):
       fit_intercept: append a constant feature 1 after clipping.
       classes: the labels (None reads them from y, with a warning).
       tol: solver tolerance.
-      max_iter: solver iterations at most.
+      max_iter: L-BFGS iterations at most (then fixed accelerated steps).
       random_state: None (secret key) or an int (reproducible, not secret).
       tracker: a :class:`dpjax.PrivacyTracker` to record in.
 
@@ -311,8 +315,8 @@ class DPRidgeRegression(RegressorMixin, BaseEstimator):
 
     Labels are clipped to ``label_range`` and centred; the exact solve of
     ``(1/n)||X theta - y||^2 / 2 + (l2_reg/2)||theta||^2`` is perturbed with
-    sensitivity ``2 L / (n lambda)``, ``L = R B (1 + R / sqrt(lambda))`` (see
-    :class:`dpjax.convex.ConvexProblem`).
+    sensitivity ``2 L / (n lambda)`` (replace-one and add/remove), ``L = R B (1 +
+    R / sqrt(lambda))`` (see :class:`dpjax.convex.ConvexProblem`).
 
     Args:
       epsilon: the budget, > 0.
@@ -365,7 +369,7 @@ class DPRidgeRegression(RegressorMixin, BaseEstimator):
         """Fits privately (see the class docstring); returns self.
 
         Raises:
-          ValueError: for NaN/inf input or an invalid parameter.
+          ValueError: for an invalid parameter (a NaN/inf row is zeroed).
           dpjax.BudgetExceededError: if the tracker refuses the release.
         """
         problem = ConvexProblem(

@@ -8,10 +8,13 @@ steps through dp-accounting), L2-Laplace noise as
 :class:`dpjax.PureEpsilonRelease` (added by basic composition, the rule stated
 there).
 
-**Neighbouring data sets.** Replace one example (n fixed), or add/remove one
-with the normalizer n (the number of rows passed) treated as public, as dpjax's
-DP-SGD treats its expected batch size ``q N``. Every bound below is the
-replace-one bound, which is at least the add/remove one.
+**Neighbouring data sets.** Replace one example, or (output perturbation only)
+add or remove one. J is the mean over the rows given, so an added or removed
+row moves its normalizer n too, and the output sensitivity is ``2 L / (n lambda)``
+under both relations (:meth:`ConvexProblem.sensitivity`). Objective perturbation
+and approximate minima perturbation are analysed for replace-one only (n, and
+the regularizer's weight ``n lambda`` in ``n J``, equal on both neighbours). The
+number of rows n is treated as public, as dpjax treats the data set size.
 """
 
 from __future__ import annotations
@@ -39,9 +42,9 @@ pure epsilon-DP by the L2-Laplace (gamma-norm) distribution, recorded as
 PureEpsilonRelease."""
 
 TOL_FRACTION = 0.01
-"""Default solver tolerance: gradient norm <= ``TOL_FRACTION * L / n``, which adds
-``2 tol / lambda`` to the output's sensitivity (2 % of ``L / (n lambda)``, 1 % of
-``2 L / (n lambda)``)."""
+"""Default solver tolerance ``tol = TOL_FRACTION * L / n``: the solver's point is within
+``tol / lambda`` of the minimizer, which adds ``2 tol / lambda`` (1 % of
+``2 L / (n lambda)``) to the output's sensitivity."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,9 +64,13 @@ class PrivateFit:
       noise_scale: the Gaussian std or the L2-Laplace scale of each block.
       l2_reg: the regularization used (the problem's plus any extra the mechanism
         needs).
-      grad_norm: the largest gradient norm of the solved objective.
-      iterations: solver iterations.
-      n: the number of examples.
+      tol: the solver's tolerance (public): its point is within ``tol / l2_reg``
+        of the minimizer.
+      n: the number of examples (public by dpjax's convention).
+
+    Nothing here but `params` depends on the data. Until the issue 17 review the
+    fit also held ``grad_norm`` and ``iterations``, the solver's gradient norm and
+    iteration count on the private data, un-noised (and the CLI printed them).
     """
 
     params: np.ndarray
@@ -75,8 +82,7 @@ class PrivateFit:
     sensitivity: float
     noise_scale: float
     l2_reg: float
-    grad_norm: float
-    iterations: int
+    tol: float
     n: int
 
     def summary(self) -> dict[str, Any]:
@@ -164,33 +170,34 @@ def private_fit(
     Host side. The rows of `x` are clipped to ``problem.data_norm`` first
     (:meth:`ConvexProblem.prepare`).
 
-    Notation: ``Delta_J = problem.sensitivity(n)`` (``L / (n lambda)`` for
-    add/remove, ``2 L / (n lambda)`` for replace-one), ``G =
-    problem.gradient_difference`` (L or 2 L), ``r = problem.hessian_rank`` (1 or 2),
+    Notation: ``Delta_J = problem.sensitivity(n) = 2 L / (n lambda)``, ``G =
+    problem.gradient_difference = 2 L``, ``r = problem.hessian_rank = 2``,
     beta the smoothness, K the OvR columns (each gets ``epsilon / K``).
 
-    * ``"output-perturbation"`` (Chaudhuri et al. 2011, Alg. 1; every loss):
-      solve to gradient norm ``tol``, add noise of L2 sensitivity
-      ``Delta = Delta_J + 2 tol / lambda`` (the solver's point is within
-      ``tol / lambda`` of the minimizer, by strong convexity). Gaussian:
+    * ``"output-perturbation"`` (Chaudhuri et al. 2011, Alg. 1; every loss;
+      replace-one or add/remove neighbours): solve to within ``tol / lambda``
+      of the minimizer (:func:`dpjax.convex._problems.solve`, for any data),
+      add noise of L2 sensitivity ``Delta = Delta_J + 2 tol / lambda``. Gaussian:
       ``GaussianRelease(sigma, count)``, count = K for OvR (K columns of
       sensitivity Delta each), 1 otherwise (the multinomial matrix is one block,
       ``L = sqrt(2) R``). Laplace: L2-Laplace noise of scale ``Delta / eps_block``
       per block, ``PureEpsilonRelease(epsilon / K, count=K)``.
     * ``"objective-perturbation"`` (Chaudhuri et al. 2011, Alg. 2; binary
-      logistic and smoothed hinge, OvR for K > 2; pure epsilon only): per column
+      logistic and smoothed hinge, OvR for K > 2; pure epsilon only;
+      replace-one neighbours): per column
       ``eps_1 = eps_c - r log(1 + beta / (n lambda))``; if ``eps_1 < eps_c / 2`` the
       regularization is raised to ``beta / (n (e^{eps_c/(2r)} - 1))`` and
       ``eps_1 = eps_c / 2``; minimize ``J(theta) + <b, theta> / n`` with b of density
       ``~ exp(-eps_1 ||b|| / G)``. The guarantee is for the EXACT minimizer; the
-      solver stops at ``tol`` (use ``"approximate-minima"`` for a guarantee that
-      covers the solver's error).
-    * ``"approximate-minima"`` (Iyengar et al. 2019; binary losses, OvR): per
+      solver's point is within ``tol / lambda`` of it (use ``"approximate-minima"``
+      for a guarantee that covers the solver's error).
+    * ``"approximate-minima"`` (Iyengar et al. 2019; binary losses, OvR;
+      replace-one neighbours): per
       column ``eps_c = eps_obj + eps_out`` (``eps_out = output_fraction * eps_c``),
       ``eps_obj = eps_1 + eps_2`` (``eps_2 = jacobian_fraction * eps_obj``); the
       regularization is raised to ``lambda_tot >= beta / (n (e^{eps_2/r} - 1))``,
-      the objective perturbed as above with ``eps_1``, solved only to gradient
-      norm ``tol`` (their gamma), then noise of sensitivity ``2 tol / lambda_tot``
+      the objective perturbed as above with ``eps_1``, solved only to within
+      ``tol / lambda_tot`` (their gamma is tol), then noise of sensitivity ``2 tol / lambda_tot``
       is added (given the exact perturbed minimizer, both neighbours' solver
       points lie within ``tol / lambda_tot`` of it): L2-Laplace with ``eps_out`` (all
       pure), or Gaussian (``"gaussian"``: the objective stage is pure, the output
@@ -208,23 +215,28 @@ def private_fit(
       tracker: the account to record in (it may already hold DP-SGD steps); a new
         one with target `epsilon` when None. Its refusal
         (:class:`dpjax.BudgetExceededError`) stops the fit before any noise.
-      tol: the solver's gradient-norm tolerance (mean-scale objective; per
-        column for OvR); default ``TOL_FRACTION * L / n``.
-      max_iter: L-BFGS iterations at most.
+      tol: the solver's tolerance (mean-scale objective; per column for OvR):
+        its point is within ``tol / lambda`` of the minimizer; default
+        ``TOL_FRACTION * L / n``.
+      max_iter: L-BFGS iterations at most (>= 0) before the fixed accelerated
+        steps take over (:func:`dpjax.convex._problems.solve`); 0 runs those alone.
       output_fraction: approximate minima only, in (0, 1).
       jacobian_fraction: approximate minima only, in (0, 1).
-      init: a warm start for the solver, shape (d', columns) (e.g. a previous
-        solution on the same data); it changes only the iterations, as every
-        bound rests on the gradient norm at the solver's point.
+      init: a warm start for L-BFGS, shape (d', columns) (e.g. a previous
+        solution on the same data); it changes only the running time and which
+        point of the ``tol / lambda`` ball is returned, never a bound.
 
     Returns:
       A :class:`PrivateFit`.
 
     Raises:
-      ValueError: for invalid input (named), an unsupported combination, or
-        delta missing for Gaussian noise.
-      ConvergenceError: if the solver misses `tol` (nothing is released).
-      dpjax.BudgetExceededError: if the tracker refuses the release.
+      ValueError: for invalid input (named), an unsupported combination
+        (objective perturbation or approximate minima with add/remove
+        neighbours), or delta missing for Gaussian noise. Never because of the
+        data's values (a non-finite row is zeroed, :meth:`ConvexProblem.prepare`),
+        except labels outside [0, K), a schema error of the caller's.
+      dpjax.BudgetExceededError: if the tracker refuses the release (before the
+        solver runs).
 
     Example:
       >>> import numpy as np, jax
@@ -238,12 +250,16 @@ def private_fit(
 
     **Privacy:** (epsilon, delta)-DP (or epsilon-DP for Laplace noise) under the
     neighbouring relation of the module docstring, with the constants of
-    :class:`ConvexProblem` (true because every row is clipped, and L, beta come
-    from ``data_norm``/``label_range`` only). The record is made before the noise
-    is drawn; a refused or unconverged fit releases nothing. Edge cases:
-    lambda = 0, epsilon <= 0 and non-finite features are refused. Not covered:
-    the fact that a fit was refused for non-convergence (a data-dependent event)
-    and float rounding of the solver (the tolerance check is in float32).
+    :class:`ConvexProblem` (true because every row is clipped, a non-finite row
+    zeroed, and L, beta come from ``data_norm``/``label_range`` only). The
+    records are made before the solver runs and the noise is drawn; a refused
+    fit computes nothing. Nothing observable but the released parameters
+    depends on the data: no exception, warning, iteration count or gradient
+    norm (until the issue 17 review, ``ConvergenceError`` and ``grad_norm`` /
+    ``iterations`` did). Edge cases: lambda = 0 and epsilon <= 0 are refused.
+    Not covered: the running time (L-BFGS stops early; ``max_iter=0`` makes it
+    data-independent), float rounding of the solver (float32), and the noise
+    scale's dependence on n (public by convention).
 
     References:
       Chaudhuri, Monteleoni & Sarwate, "Differentially Private Empirical Risk
@@ -259,7 +275,7 @@ def private_fit(
     noise = _check_choice(noise, NOISES, "noise")
     epsilon = _validation.check_target_epsilon(epsilon, "epsilon")
     key = _validation.check_key(key)
-    max_iter = _validation.check_positive_int(max_iter, "max_iter", "500")
+    max_iter = _validation.check_nonnegative_int(max_iter, "max_iter", "500")
     if noise == "gaussian":
         if delta is None:
             if tracker is None:
@@ -267,6 +283,14 @@ def private_fit(
             delta = tracker.delta
         delta = _validation.check_delta(delta)
     if mechanism != "output-perturbation":
+        if problem.neighbours != "replace-one":
+            raise ValueError(
+                f"mechanism={mechanism!r} with neighbours={problem.neighbours!r}: its analysis "
+                "holds n, and the regularizer's weight n * l2_reg, equal on both neighbours, "
+                "which adding or removing a row changes (the implied noise then moves by "
+                "l2_reg * theta, unbounded). Pass ConvexProblem(..., neighbours='replace-one'), "
+                "or use mechanism='output-perturbation' (valid for both relations)."
+            )
         if problem.loss not in ConvexProblem.binary_losses:
             raise ValueError(
                 f"mechanism={mechanism!r} supports the binary losses {ConvexProblem.binary_losses} "
@@ -305,7 +329,6 @@ def private_fit(
         return np.concatenate([np.asarray(p) for p in parts], axis=1)
 
     if mechanism == "output-perturbation":
-        sol = solve(problem, xs, ts, tol=tol, max_iter=max_iter, init=init)
         sens = problem.sensitivity(n) + 2.0 * tol / problem.l2_reg
         if noise == "gaussian":
             sigma = calibrate_gaussian(epsilon, float(delta or 0.0), blocks)
@@ -315,19 +338,19 @@ def private_fit(
             eps_b = _split_pure(epsilon, blocks)
             records = (dpjax.PureEpsilonRelease(eps_b, blocks, label="output perturbation"),)
             scale = sens / eps_b
-        _record_all(tracker, records)
+        _record_all(tracker, records)  # before the solver sees the data
+        sol = solve(problem, xs, ts, tol=tol, max_iter=max_iter, init=init)
         params = np.asarray(sol.params) + noise_blocks(scale, 0, noise == "gaussian")
         return PrivateFit(
             params, mechanism, noise, epsilon, float(delta or 0.0) if noise == "gaussian" else 0.0,
-            records,
-            sens, scale, problem.l2_reg, float(np.max(sol.grad_norm)), sol.iterations, n,
+            records, sens, scale, problem.l2_reg, tol, n,
         )  # fmt: skip
 
     beta = problem.smoothness
     eps_c = _split_pure(epsilon, blocks)  # each block's (column's) epsilon
     if mechanism == "objective-perturbation":
         eps_out = 0.0
-        rank = problem.hessian_rank  # the Jacobian term is rank * log(1 + beta / (n reg))
+        rank = problem.hessian_rank  # 2: the Jacobian term is rank * log(1 + beta / (n reg))
         eps_1 = eps_c - rank * math.log1p(beta / (n * problem.l2_reg))
         reg = problem.l2_reg
         if eps_1 < eps_c / 2.0:  # Chaudhuri et al.'s Alg. 2: more regularization, half the budget
@@ -338,7 +361,8 @@ def private_fit(
         eps_obj = _split_pure(epsilon * (1.0 - output_fraction), blocks)
         eps_2 = jacobian_fraction * eps_obj
         eps_1 = eps_obj - eps_2
-        reg = max(problem.l2_reg, beta / (n * math.expm1(eps_2 / problem.hessian_rank)))
+        # (expm1 capped: beyond e^700 the term is 0 in float64 anyway; math.expm1 would raise)
+        reg = max(problem.l2_reg, beta / (n * math.expm1(min(eps_2 / problem.hessian_rank, 700.0))))
         eps_out = eps_c - eps_obj
         if noise == "laplace":
             records = (
@@ -353,7 +377,7 @@ def private_fit(
                 ),
             )
     _record_all(tracker, records)
-    grad_diff = problem.gradient_difference  # L (add/remove) or 2 L (replace-one)
+    grad_diff = problem.gradient_difference  # 2 L: replace-one
     b = noise_blocks(grad_diff / eps_1, 0, False)  # density ~ exp(-eps_1 ||b|| / grad_diff)
     sol = solve(
         problem,
@@ -377,8 +401,7 @@ def private_fit(
         sens, scale = sens_out, scale_out
     return PrivateFit(
         params, mechanism, noise, epsilon, float(delta or 0.0) if noise == "gaussian" else 0.0,
-        records,
-        sens, scale, reg, float(np.max(sol.grad_norm)), sol.iterations, n,
+        records, sens, scale, reg, tol, n,
     )  # fmt: skip
 
 

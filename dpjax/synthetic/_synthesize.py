@@ -119,10 +119,11 @@ def synthesize(
     one example, by one Gaussian release of sensitivity 1 (the tracker's
     account); samples, model and any use of them are post-processing. A fixed
     `seed` makes the noise predictable to whoever knows it: research only. The
-    statement never holds a seed or key: with `seed`, it says research mode
-    (``"research_mode": true`` and ``"noise_key"``). Until the issue 17 review it
-    held ``"seed"``, from which ``derive_seed(seed, 1)`` regenerates the noise:
-    publishing ``privacy.json`` published the un-noised sums. The training-set
+    statement never holds a seed or key: ``"seed"`` says in words whether it was
+    explicit (research mode, ``"research_mode": true``) or secret, as the
+    trainer's summary does. Until the issue 17 review it held the seed's value,
+    from which ``derive_seed(seed, 1)`` regenerates the noise: publishing
+    ``privacy.json`` published the un-noised sums. The training-set
     size (``"train_size"``, and the default ``num_samples``) is written as
     public, dpjax's convention for the data set size.
     """
@@ -224,12 +225,12 @@ def synthesize(
         "dataset": {"name": dataset.name, "train_size": n, "num_classes": k},
         "num_samples": m,
         "research_mode": research,
-        "noise_key": (
-            "derived from a seed given by the caller (research mode): reproducible by whoever "
-            "knows the seed, who can regenerate the noise and remove it; the seed is not "
-            "recorded here. Not for sensitive data."
+        # what the trainer's summary says too: never the value (derive_seed(seed, 1) is the key)
+        "seed": (
+            "explicit (reproducible research; not recorded: whoever knows it can regenerate "
+            "the noise)"
             if research
-            else "drawn from the operating system (secret, not recorded)"
+            else "secret (drawn from the OS; not recorded)"
         ),
         "accountant": tracker.state_dict(),
     }
