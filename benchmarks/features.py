@@ -20,7 +20,7 @@ Parts (``--parts``):
 * ``curve``: ScatterNet + linear for epsilon in {0.5, 1, 2, 3, 8};
 * ``cnn``: ScatterNet + CNN (the zoo's ``gn-cnn`` on 7x7x81) at epsilon = 3;
 * ``subsets``: 1k, 5k, 10k and all 55k training examples at epsilon = 3,
-  end-to-end CNN vs ScatterNet + linear.
+  end-to-end CNN vs ScatterNet + linear vs dpjax.convex output perturbation.
 
 The validation split is 5,000 of the 60,000 training images, so N = 55,000
 (Tramer & Boneh train on 60,000). Seeds are public (reproducible research).
@@ -348,7 +348,39 @@ def part_subsets(args, datasets, chosen) -> dict[str, Any]:
             r = run_one(_run(feats, 3.0, 0, cfg, subset=n, **args.scale), datasets, args.cache)
             if r is not None:
                 rows.append({"n": n, "method": name, "batch_size": batch, **r})
-    return {"rows": rows, "note": "batch = min(recipe batch, max(64, n // 8)); one seed"}
+        rows.append({"n": n, **_convex_subset_row(datasets["raw"], n)})
+    return {
+        "rows": rows,
+        "note": "batch = min(recipe batch, max(64, n // 8)); one seed. convex: Gaussian output "
+        f"perturbation, multinomial logistic regression on the raw pixels / 255, {CONVEX_SUBSET} "
+        "(chosen on the full training set by benchmarks/convex.py, not per subset), 3 noise seeds",
+    }
+
+
+CONVEX_SUBSET = {"l2_reg": 0.01, "data_norm": 4.0}
+
+
+def _convex_subset_row(data: Dataset, n: int) -> dict[str, Any]:
+    """Gaussian output perturbation (dpjax.convex) on the first n training examples at eps = 3."""
+    from dpjax.convex import DPLogisticRegression
+
+    sub = _subset(data, n)
+    start = time.perf_counter()
+    accs = []
+    for seed in range(3):
+        model = DPLogisticRegression(
+            epsilon=3.0, delta=1e-5, classes=list(range(10)), random_state=1000 + seed,
+            **CONVEX_SUBSET,
+        )  # fmt: skip
+        model.fit(sub.train.x.reshape(len(sub.train), -1), sub.train.y)
+        accs.append(model.score(data.test.x.reshape(len(data.test), -1), data.test.y))
+    return {
+        "method": "convex_output_perturbation",
+        "test_accuracy": float(np.mean(accs)),
+        "test_accuracy_std": float(np.std(accs)),
+        "epsilon": 3.0,
+        "wall_seconds": time.perf_counter() - start,
+    }
 
 
 # ------------------------------------------------------------------------------- main
@@ -398,7 +430,7 @@ def _figure(report: dict[str, Any], path: pathlib.Path) -> None:
     subsets = report["parts"].get("subsets")
     ax = axes[1]
     if subsets:
-        for method in ("scatternet_linear", "end_to_end_cnn"):
+        for method in ("scatternet_linear", "end_to_end_cnn", "convex_output_perturbation"):
             rows = [r for r in subsets["rows"] if r["method"] == method]
             ax.plot([r["n"] for r in rows], [r["test_accuracy"] for r in rows], "o-", label=method)
         ax.set_xscale("log")
@@ -442,6 +474,10 @@ def main(argv: list[str] | None = None) -> int:
     datasets = {"raw": raw, "scatternet": _features_dataset(raw, args.quick)}
     parts: dict[str, Any] = {}
     chosen = RECIPE | GRID[1]
+    if "tune" not in args.parts and out.exists() and not args.quick:  # the recipe of the record
+        chosen = (
+            json.loads(out.read_text()).get("parts", {}).get("record", {}).get("config", chosen)
+        )
     if "tune" in args.parts:
         parts["tune"] = part_tune(args, datasets)
         chosen = parts["tune"]["chosen"] or chosen
