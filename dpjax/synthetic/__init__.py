@@ -15,6 +15,19 @@ Everything after is post-processing and takes a release record, never data:
 (one Gaussian per class), :func:`sample`; then :func:`tstr_accuracy` evaluates
 with a classifier fixed in advance, and :func:`synthesize` runs the whole path
 and writes a privacy statement (``dpjax synthesize``).
+
+A generator trained with DP-SGD instead of fitted to statistics:
+:func:`release_decoder` trains a conditional VAE (encoder AND decoder saw the
+data, both only through DP-SGD: Poisson batches, per-example clipping, ghost by
+default, :func:`dpjax.noisy_mean`), records ONE
+:class:`dpjax.PoissonGaussianSteps` of all its steps before reading the data,
+and returns a :class:`ReleasedDecoder` holding the decoder's weights alone;
+:func:`sample_decoder` takes only that record. :func:`synthesize_vae` runs it
+end to end (``dpjax synthesize --method vae``).
+
+Fidelity, offline: :func:`scatternet_fid`, a FID-like Frechet distance between
+Gaussian fits of fixed ScatterNet features (:func:`fidelity_features`,
+:func:`frechet_distance`); not comparable to Inception FID.
 """
 
 from dpjax.synthetic._evaluate import TSTRConfig as TSTRConfig
@@ -23,6 +36,9 @@ from dpjax.synthetic._evaluate import fit_classifier as fit_classifier
 from dpjax.synthetic._evaluate import tstr_accuracy as tstr_accuracy
 from dpjax.synthetic._features import DCTBasis as DCTBasis
 from dpjax.synthetic._features import RandomFourierFeatures as RandomFourierFeatures
+from dpjax.synthetic._fidelity import fidelity_features as fidelity_features
+from dpjax.synthetic._fidelity import frechet_distance as frechet_distance
+from dpjax.synthetic._fidelity import scatternet_fid as scatternet_fid
 from dpjax.synthetic._generators import ClassGaussians as ClassGaussians
 from dpjax.synthetic._generators import Generator as Generator
 from dpjax.synthetic._generators import GeneratorConfig as GeneratorConfig
@@ -38,3 +54,11 @@ from dpjax.synthetic._synthesize import METHODS as METHODS
 from dpjax.synthetic._synthesize import SyntheticData as SyntheticData
 from dpjax.synthetic._synthesize import sample_grid_png as sample_grid_png
 from dpjax.synthetic._synthesize import synthesize as synthesize
+from dpjax.synthetic._vae import CLIPPING as CLIPPING
+from dpjax.synthetic._vae import ReleasedDecoder as ReleasedDecoder
+from dpjax.synthetic._vae import VAEConfig as VAEConfig
+from dpjax.synthetic._vae import calibrate_decoder_noise as calibrate_decoder_noise
+from dpjax.synthetic._vae import default_vae_config as default_vae_config
+from dpjax.synthetic._vae import release_decoder as release_decoder
+from dpjax.synthetic._vae import sample_decoder as sample_decoder
+from dpjax.synthetic._vae import synthesize_vae as synthesize_vae

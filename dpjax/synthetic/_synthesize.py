@@ -9,6 +9,7 @@ import dataclasses
 import time
 from typing import Any
 
+import jax
 import numpy as np
 
 import dpjax
@@ -69,6 +70,54 @@ def _square_side(dataset: Dataset) -> int:
     return int(shape[0])
 
 
+@dataclasses.dataclass(frozen=True)
+class _RunSetup:
+    """The validated public numbers of one `synthesize*` run, and its keys (repr hides them)."""
+
+    side: int
+    n: int
+    k: int
+    eps: float
+    delta: float
+    m: int
+    research: bool
+    noise_key: jax.Array = dataclasses.field(repr=False)
+    seeds: tuple[int, ...] = dataclasses.field(repr=False)
+
+
+def _run_setup(
+    dataset: Dataset,
+    target_epsilon: float,
+    delta: float,
+    num_samples: int | None,
+    seed: int | None,
+    streams: int = 2,
+) -> _RunSetup:
+    """Checks a `synthesize*` call's arguments; derives the noise key and `streams` seeds.
+
+    With `seed` (research mode) the key is `derive_seed(seed, 1)`'s and the i-th seed
+    `derive_seed(seed, 2 + i)`; without it, all come from the OS (secret).
+    """
+    if not isinstance(dataset, Dataset):
+        raise ValueError(f"dataset must be a dpjax.data.Dataset; got {type(dataset).__name__}.")
+    if dataset.num_classes is None:
+        raise ValueError(f"dataset {dataset.name!r} has no classes; synthesize needs labels.")
+    side = _square_side(dataset)
+    n = len(dataset.train)
+    eps = _validation.check_target_epsilon(target_epsilon)
+    delta = _validation.check_delta(delta, n)
+    m = n if num_samples is None else _validation.check_positive_int(num_samples, "num_samples")
+    if seed is not None:
+        seed = _validation.check_seed(seed)
+        noise_key = dpjax.key_from_seed(dpjax.derive_seed(seed, 1))
+        seeds = tuple(dpjax.derive_seed(seed, 2 + i) for i in range(streams))
+    else:
+        noise_key = dpjax.secret_key()
+        seeds = tuple(dpjax.secret_seed() for _ in range(streams))
+    k = int(dataset.num_classes)
+    return _RunSetup(side, n, k, eps, delta, m, seed is not None, noise_key, seeds)
+
+
 def synthesize(
     dataset: Dataset,
     *,
@@ -127,26 +176,11 @@ def synthesize(
     size (``"train_size"``, and the default ``num_samples``) is written as
     public, dpjax's convention for the data set size.
     """
-    if not isinstance(dataset, Dataset):
-        raise ValueError(f"dataset must be a dpjax.data.Dataset; got {type(dataset).__name__}.")
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not one of {METHODS}; pass e.g. 'gaussian'.")
-    if dataset.num_classes is None:
-        raise ValueError(f"dataset {dataset.name!r} has no classes; synthesize needs labels.")
-    side = _square_side(dataset)
-    n = len(dataset.train)
-    eps = _validation.check_target_epsilon(target_epsilon)
-    delta = _validation.check_delta(delta, n)
-    m = n if num_samples is None else _validation.check_positive_int(num_samples, "num_samples")
-    research = seed is not None
-    if research:
-        seed = _validation.check_seed(seed)
-        noise_key = dpjax.key_from_seed(dpjax.derive_seed(seed, 1))
-        fit_seed, sample_seed = dpjax.derive_seed(seed, 2), dpjax.derive_seed(seed, 3)
-    else:
-        noise_key = dpjax.secret_key()
-        fit_seed, sample_seed = dpjax.secret_seed(), dpjax.secret_seed()
-    k = int(dataset.num_classes)
+    run = _run_setup(dataset, target_epsilon, delta, num_samples, seed)
+    side, n, eps, delta, m, research = run.side, run.n, run.eps, run.delta, run.m, run.research
+    noise_key, (fit_seed, sample_seed), k = run.noise_key, run.seeds[:2], run.k
     sigma = calibrate_release_noise(eps, delta)
     tracker = dpjax.PrivacyTracker(eps, delta, dataset_size=n)
     x, y = dataset.train.x, dataset.train.y
