@@ -216,18 +216,25 @@ def part_tune(args, datasets) -> dict[str, Any]:
     }
 
 
-def part_record(args, datasets, chosen) -> dict[str, Any]:
+def _seeded_runs(args, datasets, recipe: dict[str, Any], seeds: int) -> dict[str, Any]:
+    """ScatterNet runs of `recipe` at epsilon = 3 for seeds 0..seeds-1, with their test statistics."""
     runs = [
-        run_one(_run("scatternet", 3.0, s, chosen, **args.scale), datasets, args.cache)
-        for s in range(args.seeds)
+        run_one(_run("scatternet", 3.0, s, recipe, **args.scale), datasets, args.cache)
+        for s in range(seeds)
     ]
     done = [r for r in runs if r is not None]
     return {
-        "config": chosen,
+        "config": recipe,
         "runs": done,
         "test_accuracy": _stats([r["test_accuracy"] for r in done]),
-        "epsilon": max((r["epsilon"] for r in done), default=math.nan),
-        "goal_90_5_met": bool(done) and _stats([r["test_accuracy"] for r in done])["mean"] >= 0.905,
+    }
+
+
+def part_record(args, datasets, chosen) -> dict[str, Any]:
+    part = _seeded_runs(args, datasets, chosen, args.seeds)
+    return part | {
+        "epsilon": max((r["epsilon"] for r in part["runs"]), default=math.nan),
+        "goal_90_5_met": bool(part["runs"]) and part["test_accuracy"]["mean"] >= 0.905,
         "published": PUBLISHED["scatternet_linear"],
     }
 
@@ -323,17 +330,8 @@ def part_curve(args, datasets, chosen) -> dict[str, Any]:
 
 
 def part_cnn(args, datasets) -> dict[str, Any]:
-    runs = [
-        run_one(_run("scatternet", 3.0, s, SCAT_CNN_RECIPE, **args.scale), datasets, args.cache)
-        for s in range(args.cnn_seeds)
-    ]
-    done = [r for r in runs if r is not None]
-    return {
-        "config": SCAT_CNN_RECIPE,
-        "runs": done,
-        "test_accuracy": _stats([r["test_accuracy"] for r in done]),
-        "published": PUBLISHED["scatternet_cnn"],
-    }
+    part = _seeded_runs(args, datasets, SCAT_CNN_RECIPE, args.cnn_seeds)
+    return part | {"published": PUBLISHED["scatternet_cnn"]}
 
 
 def part_subsets(args, datasets, chosen) -> dict[str, Any]:

@@ -412,3 +412,18 @@ def test_flower_adapter_noises_once_at_the_server_after_recording_and_ships_no_n
         assert not isinstance(value, FederatedSimulation)
         if isinstance(value, np.ndarray) and value.shape == key_words.shape:
             assert not np.array_equal(value, key_words)
+
+
+def test_reinitializing_after_a_round_is_refused_so_no_round_redraws_released_noise():
+    # Finding (fixed): init() after a round rebuilt the noise state, restarting its step counter
+    # at 0 while the round index and the account went on: the next round redrew round 0's noise.
+    sim = _sim(5)
+    w = sim.init(jnp.zeros(2))
+    w, _ = sim.round(w)
+    with pytest.raises(ValueError, match="reuse the noise"):
+        sim.init(w)
+    # A user's data set size stays out of the data's repr (sizes are not private).
+    fed = synthetic_federated_data(num_users=4, dim=2, seed=3)
+    sizes = {str(s) for s in fed.user_sizes}
+    assert "sizes" not in repr(fed) and "users" in repr(fed)
+    assert not any(f"{s}.." in repr(fed) for s in sizes)

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
@@ -274,7 +273,7 @@ def replicate_across_processes(tree: PyTree, mesh: Mesh) -> PyTree:
     sharding = NamedSharding(mesh, P())
 
     def put(x: Any) -> jax.Array:
-        if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        if _checkpoint._is_key(x):
             data = put(jax.random.key_data(x))
             return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
         x = np.asarray(x)

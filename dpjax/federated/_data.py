@@ -46,12 +46,8 @@ class FederatedData:
         """Examples per user (NOT private: do not release)."""
         return np.array([len(u) for u in self.users], np.int64)
 
-    def __repr__(self) -> str:
-        sizes = self.user_sizes
-        return (
-            f"FederatedData({self.num_users} users, {len(self.train)} examples, sizes "
-            f"{sizes.min()}..{sizes.max()}, {self.source})"
-        )
+    def __repr__(self) -> str:  # no user sizes: they are not private
+        return f"FederatedData({self.num_users} users, {len(self.train)} examples, {self.source})"
 
 
 def dirichlet_split(

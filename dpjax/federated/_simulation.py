@@ -204,7 +204,18 @@ class FederatedSimulation:
         return k
 
     def init(self, params: PyTree) -> PyTree:
-        """Initializes the server optimizer (and the aggregator's noise state); returns params."""
+        """Initializes the server optimizer (and the aggregator's noise state); returns params.
+
+        Raises:
+          ValueError: after a round has run: a new noise state restarts its step
+            counter at 0, so the next rounds would redraw the noise of rounds
+            already released (key reuse). Build a new simulation instead.
+        """
+        if self.round_index > 0:
+            raise ValueError(
+                f"FederatedSimulation.init after {self.round_index} round(s) would reuse the "
+                "noise of released rounds; build a new FederatedSimulation (with a fresh key)."
+            )
         self.opt_state = self.tx.init(params)
         return params
 

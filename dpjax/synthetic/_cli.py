@@ -98,29 +98,20 @@ def run(args: argparse.Namespace) -> int:
     progress = not args.no_progress and not args.json
     if args.vae_steps is not None and args.method != "vae":
         raise ValueError(f"--vae-steps={args.vae_steps} needs --method vae; drop it or pass it.")
+    common = {
+        "target_epsilon": args.target_epsilon,
+        "delta": args.delta,
+        "num_samples": args.num_samples,
+        "seed": args.seed,
+        "progress": progress,
+    }
     if args.method == "vae":
         config = default_vae_config(int(dataset.input_shape[0]), len(dataset.train))
         if args.vae_steps is not None:
             config = dataclasses.replace(config, steps=args.vae_steps)
-        out = synthesize_vae(
-            dataset,
-            target_epsilon=args.target_epsilon,
-            delta=args.delta,
-            num_samples=args.num_samples,
-            seed=args.seed,
-            config=config,
-            progress=progress,
-        )
+        out = synthesize_vae(dataset, config=config, **common)
     else:
-        out = synthesize(
-            dataset,
-            target_epsilon=args.target_epsilon,
-            delta=args.delta,
-            method=args.method,
-            num_samples=args.num_samples,
-            seed=args.seed,
-            progress=progress,
-        )
+        out = synthesize(dataset, method=args.method, **common)
     os.makedirs(args.out, exist_ok=True)
     samples = os.path.join(args.out, "samples.npz")
     np.savez_compressed(samples, x=out.x, y=out.y)

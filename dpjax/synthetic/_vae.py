@@ -417,7 +417,12 @@ def release_decoder(
     if not isinstance(tracker, dpjax.PrivacyTracker):
         raise ValueError(f"tracker={tracker!r} must be a dpjax.PrivacyTracker.")
     n = _validation.check_positive_int(len(x), "len(x)", "60000")  # N, public in DP-SGD's account
-    q = _sampling_rate(config, n)
+    _sampling_rate(config, n)  # the config fits the data set (checked before anything is recorded)
+    micro = config.microbatch_size if config.clipping == "vmap" else None
+    sampler = dpjax.PoissonSampler(
+        n, expected_batch_size=config.expected_batch_size, seed=sampler_seed, microbatch_size=micro
+    )
+    q = sampler.sampling_rate  # the account's rate IS the sampler's
     tracker.record(dpjax.PoissonGaussianSteps(sigma, q, config.steps))  # BEFORE the data is read
     xs, ys, input_shape = _check_data(x, y, k, math.prod(np.shape(x)[1:]))
     d = xs.shape[1]
@@ -427,10 +432,6 @@ def release_decoder(
         "encoder": _init(enc_key, [d, *config.hidden, 2 * config.latent_dim], k),
         "decoder": _init(dec_key, [config.latent_dim, *config.hidden, d], k),
     }
-    micro = config.microbatch_size if config.clipping == "vmap" else None
-    sampler = dpjax.PoissonSampler(
-        n, expected_batch_size=config.expected_batch_size, seed=sampler_seed, microbatch_size=micro
-    )
     step = _dp_step(config, k, sigma)
     x_dev, y_dev = jnp.asarray(xs), jnp.asarray(ys)
     state = _transform(config, sigma, key).init(params)

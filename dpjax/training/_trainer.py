@@ -375,12 +375,8 @@ def train(
 
 def _all_finite(tree: PyTree) -> bool:
     """Whether every floating-point leaf of `tree` is finite (keys and integers pass)."""
-    leaves = [np.asarray(x) for x in jax.tree.leaves(tree) if not _is_prng_key(x)]
+    leaves = [np.asarray(x) for x in jax.tree.leaves(tree) if not _checkpoint._is_key(x)]
     return all(bool(np.isfinite(x).all()) for x in leaves if x.dtype.kind in "fc")
-
-
-def _is_prng_key(x: Any) -> bool:
-    return isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
 def _check_inputs(data: Dataset, params: PyTree, *, classification: bool) -> None:
