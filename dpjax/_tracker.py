@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import dp_accounting
@@ -384,6 +384,33 @@ class PrivacyTracker:
             f"sampling_rate={self._q}, accountant={self._accountant!r}, steps={self.steps}, "
             f"releases={len(self._releases)})"
         )
+
+
+def fitting_noise_multiplier(
+    release_of: Callable[[float], Release],
+    sigma: float,
+    target_epsilon: float,
+    delta: float,
+    *,
+    factor: float = 1.001,
+    tries: int = 1000,
+) -> float:
+    """The first of `sigma`, `sigma * factor`, ... whose release a fresh tracker accepts.
+
+    Calibration (:func:`dpjax.calibrate_noise_multiplier`) can land a hair under
+    what the tracker's own accountant accepts; consumers that calibrate a release
+    nudge sigma up until `PrivacyTracker(target_epsilon, delta).can_record(
+    release_of(sigma))`, so the release they then record is never refused.
+
+    Raises:
+      ValueError: if no sigma fits within `tries` steps.
+    """
+    tracker = PrivacyTracker(target_epsilon, delta)
+    for _ in range(tries):
+        if tracker.can_record(release_of(sigma)):
+            return float(sigma)
+        sigma *= factor
+    raise ValueError(f"no noise multiplier found for epsilon={target_epsilon}, delta={delta}.")
 
 
 def _appended_to(releases: tuple[Release, ...], release: Release) -> tuple[Release, ...]:

@@ -34,7 +34,7 @@ import optax
 
 import dpjax
 import dpjax.ghost
-from dpjax import _validation
+from dpjax import _tracker, _validation
 from dpjax.data import Dataset
 from dpjax.synthetic._generators import _labels
 from dpjax.synthetic._release import _check_data
@@ -313,10 +313,9 @@ def calibrate_decoder_noise(
     n = _validation.check_positive_int(dataset_size, "dataset_size", "60000")
     q = _sampling_rate(config, n)
     sigma = dpjax.calibrate_noise_multiplier(target_epsilon, q, config.steps, delta)
-    tracker = dpjax.PrivacyTracker(target_epsilon, delta)
-    while not tracker.can_record(dpjax.PoissonGaussianSteps(sigma, q, config.steps)):
-        sigma *= 1.001
-    return float(sigma)
+    return _tracker.fitting_noise_multiplier(
+        lambda s: dpjax.PoissonGaussianSteps(s, q, config.steps), sigma, target_epsilon, delta
+    )
 
 
 def _sampling_rate(config: VAEConfig, n: int) -> float:
