@@ -197,11 +197,8 @@ class FederatedSimulation:
         """Under local DP, the most messages a client may send within the budget."""
         if not isinstance(self.mode, LocalDP) or math.isinf(self.target_epsilon):
             return None
-        sigma, delta = self.mode.noise_multiplier, float(self.delta or 0.0)
-        k = 0
-        while local_dp_epsilon(sigma, k + 1, delta) <= self.target_epsilon and k < 100_000:
-            k += 1
-        return k
+        # A message is one Gaussian release of the client's own update: q = 1 in the core's search.
+        return dpjax.max_steps(self.mode.noise_multiplier, 1.0, self.delta, self.target_epsilon)
 
     def init(self, params: PyTree) -> PyTree:
         """Initializes the server optimizer (and the aggregator's noise state); returns params.
