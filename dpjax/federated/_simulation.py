@@ -198,7 +198,8 @@ class FederatedSimulation:
         if not isinstance(self.mode, LocalDP) or math.isinf(self.target_epsilon):
             return None
         # A message is one Gaussian release of the client's own update: q = 1 in the core's search.
-        return dpjax.max_steps(self.mode.noise_multiplier, 1.0, self.delta, self.target_epsilon)
+        delta = float(self.delta or 0.0)  # set in __post_init__
+        return dpjax.max_steps(self.mode.noise_multiplier, 1.0, delta, self.target_epsilon)
 
     def init(self, params: PyTree) -> PyTree:
         """Initializes the server optimizer (and the aggregator's noise state); returns params.
