@@ -17,7 +17,8 @@ The data flow one way, one module per stage:
     normalize + step  noisy_mean, scale_by_expected_batch_size, dp_sgd, private_update
                                                                               (_aggregation)
     account           PrivacyTracker, records (PoissonGaussianSteps, ...),    (_tracker, _releases,
-                      compute_epsilon, calibrate_noise_multiplier             _accounting, host)
+                      compute_epsilon, calibrate_noise_multiplier,            _accounting, host)
+                      fitting_noise_multiplier
 
 Every clipper returns a :class:`ClippedSum` that carries its L2 sensitivity; the
 noise stage reads it from there. Consumers live in subpackages with their own
@@ -86,6 +87,7 @@ from dpjax._sparsity import topk_after_noise as topk_after_noise
 from dpjax._sparsity import topk_support as topk_support
 from dpjax._tracker import BudgetExceededError as BudgetExceededError
 from dpjax._tracker import PrivacyTracker as PrivacyTracker
+from dpjax._tracker import fitting_noise_multiplier as fitting_noise_multiplier
 
 # Entry points kept from the first API (the README's example). Ghost clipping lives in
 # `dpjax.ghost`, the data sets in `dpjax.data`, the model zoo in `dpjax.models`.

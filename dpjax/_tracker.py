@@ -397,13 +397,35 @@ def fitting_noise_multiplier(
 ) -> float:
     """The first of `sigma`, `sigma * factor`, ... whose release a fresh tracker accepts.
 
-    Calibration (:func:`dpjax.calibrate_noise_multiplier`) can land a hair under
-    what the tracker's own accountant accepts; consumers that calibrate a release
-    nudge sigma up until `PrivacyTracker(target_epsilon, delta).can_record(
-    release_of(sigma))`, so the release they then record is never refused.
+    Host side. Calibration (:func:`dpjax.calibrate_noise_multiplier`) can land a
+    hair under what the tracker's own accountant accepts; a consumer that
+    calibrates a release nudges sigma up until `PrivacyTracker(target_epsilon,
+    delta).can_record(release_of(sigma))`, so the release it then records is
+    never refused.
+
+    Args:
+      release_of: sigma -> the release record (e.g. `dpjax.GaussianRelease`).
+      sigma: the calibrated starting point.
+      target_epsilon: the budget.
+      delta: the delta.
+      factor: the step (> 1).
+      tries: the most steps.
+
+    Returns:
+      sigma, at least the starting one.
 
     Raises:
       ValueError: if no sigma fits within `tries` steps.
+
+    Example:
+      >>> import dpjax
+      >>> sigma = dpjax.calibrate_noise_multiplier(1.0, 1.0, 1, 1e-5)
+      >>> fitted = dpjax.fitting_noise_multiplier(dpjax.GaussianRelease, sigma, 1.0, 1e-5)
+      >>> dpjax.PrivacyTracker(1.0, 1e-5).can_record(dpjax.GaussianRelease(fitted))
+      True
+
+    **Privacy:** a larger sigma only spends less; the tracker still checks the
+    record when it is made.
     """
     tracker = PrivacyTracker(target_epsilon, delta)
     for _ in range(tries):

@@ -236,11 +236,9 @@ def test_steps_within_a_phase_cost_no_accounting_once_its_limit_is_known(monkeyp
 
 
 def test_fitting_noise_multiplier_returns_a_sigma_the_tracker_accepts():
-    from dpjax import _tracker
-
     sigma = dpjax.calibrate_noise_multiplier(1.0, 1.0, 1, 1e-5)
-    fitted = _tracker.fitting_noise_multiplier(dpjax.GaussianRelease, sigma, 1.0, 1e-5)
+    fitted = dpjax.fitting_noise_multiplier(dpjax.GaussianRelease, sigma, 1.0, 1e-5)
     assert sigma <= fitted <= sigma * 1.01
     assert dpjax.PrivacyTracker(1.0, 1e-5).can_record(dpjax.GaussianRelease(fitted))
     with pytest.raises(ValueError, match="no noise multiplier"):
-        _tracker.fitting_noise_multiplier(dpjax.GaussianRelease, 0.5, 1.0, 1e-5, tries=3)
+        dpjax.fitting_noise_multiplier(dpjax.GaussianRelease, 0.5, 1.0, 1e-5, tries=3)

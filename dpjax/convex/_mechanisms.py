@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import dpjax
-from dpjax import _tracker, _validation
+from dpjax import _validation
 from dpjax.convex._noise import gaussian_noise, l2_laplace_noise
 from dpjax.convex._problems import ConvexProblem, solve
 
@@ -127,7 +127,7 @@ def calibrate_gaussian(epsilon: float, delta: float, count: int = 1) -> float:
 def _calibrate_gaussian(epsilon: float, delta: float, count: int) -> float:
     """:func:`calibrate_gaussian` for validated arguments, memoised."""
     sigma = dpjax.calibrate_noise_multiplier(epsilon, 1.0, count, delta)
-    return _tracker.fitting_noise_multiplier(
+    return dpjax.fitting_noise_multiplier(
         lambda s: dpjax.GaussianRelease(s, count), sigma, epsilon, delta, factor=1.002, tries=200
     )
 

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import dpjax
-from dpjax import _tracker, _validation
+from dpjax import _validation
 from dpjax.synthetic._features import DCTBasis, RandomFourierFeatures
 
 _RELEASED = object()  # held only by this module's release functions
@@ -168,7 +168,7 @@ def calibrate_release_noise(target_epsilon: float, delta: float) -> float:
     must add noise of std sigma times its L2 sensitivity.
     """
     sigma = dpjax.calibrate_noise_multiplier(target_epsilon, 1.0, 1, delta)
-    return _tracker.fitting_noise_multiplier(dpjax.GaussianRelease, sigma, target_epsilon, delta)
+    return dpjax.fitting_noise_multiplier(dpjax.GaussianRelease, sigma, target_epsilon, delta)
 
 
 def _check_data(

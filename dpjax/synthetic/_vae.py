@@ -34,7 +34,7 @@ import optax
 
 import dpjax
 import dpjax.ghost
-from dpjax import _tracker, _validation
+from dpjax import _validation
 from dpjax.data import Dataset
 from dpjax.synthetic._generators import _labels
 from dpjax.synthetic._release import _check_data
@@ -313,7 +313,7 @@ def calibrate_decoder_noise(
     n = _validation.check_positive_int(dataset_size, "dataset_size", "60000")
     q = _sampling_rate(config, n)
     sigma = dpjax.calibrate_noise_multiplier(target_epsilon, q, config.steps, delta)
-    return _tracker.fitting_noise_multiplier(
+    return dpjax.fitting_noise_multiplier(
         lambda s: dpjax.PoissonGaussianSteps(s, q, config.steps), sigma, target_epsilon, delta
     )
 
