@@ -11,6 +11,9 @@ partitioning would not keep the per-example work local, wraps the clipper.
 * :func:`shard_batch`: the batch and its mask along the leading axis (padded
   with masked rows to a multiple of the device count).
 * :func:`replicate`: parameters and optimizer state on every device.
+* :func:`shard_params`: parameters and optimizer state split FSDP-style over
+  the data axis (each large leaf along one dimension); the noise on them is
+  then drawn piecewise, each device its slice of the one global draw.
 * :func:`data_parallel`: a clipper run per device under `jax.shard_map`
   (`check_vma=False`, see its docstring), its sum and clip counts `psum`-ed:
   needed for :func:`dpjax.accumulate_clipped_grads` with more than one
@@ -35,14 +38,13 @@ Starting the processes:
   (or runs alone with fresh secret seeds); returns a :class:`RunEnvironment`.
 * :func:`launch_local` (``python -m dpjax.distributed -n N -- COMMAND``): N
   processes of one run on this machine, with one pair of secret seeds.
-
-Not done yet: FSDP-sharded parameters, sharded noise generation.
 """
 
 from dpjax.distributed._data_parallel import data_mesh as data_mesh
 from dpjax.distributed._data_parallel import data_parallel as data_parallel
 from dpjax.distributed._data_parallel import replicate as replicate
 from dpjax.distributed._data_parallel import shard_batch as shard_batch
+from dpjax.distributed._data_parallel import shard_params as shard_params
 from dpjax.distributed._launch import RunEnvironment as RunEnvironment
 from dpjax.distributed._launch import from_environment as from_environment
 from dpjax.distributed._launch import launch_local as launch_local

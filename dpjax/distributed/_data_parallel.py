@@ -175,6 +175,84 @@ def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
     return jax.device_put(tree, NamedSharding(mesh, P()))
 
 
+def shard_params(
+    tree: PyTree,
+    mesh: Mesh,
+    *,
+    axis: str = "data",
+    min_size: int = 2**14,
+) -> PyTree:
+    """Places parameters (and optimizer state) FSDP-style: each large leaf split over `axis`.
+
+    A floating-point leaf with at least `min_size` elements is split along its
+    largest dimension that the device count D divides, with
+    `NamedSharding(mesh, P(..., axis, ...))`: each device holds 1/D of it. Every
+    other leaf (small ones, integer counters, PRNG keys, leaves no dimension of
+    which D divides) is replicated, as :func:`replicate` places it. The step is
+    the ordinary `jax.jit(dpjax.private_update(clipper, tx))`: XLA's partitioner
+    gathers a weight where a layer needs it whole and keeps the updated
+    parameters, the optimizer moments and the noise on them split. With
+    `jax_threefry_partitionable` (JAX's default since 0.5), each device then draws
+    only its own slice of the ONE global noise draw, the same numbers as an
+    unsharded draw with the same key.
+
+    Use it for models whose parameters and optimizer state do not fit on one
+    device, with a batch sharded by :func:`shard_batch`. :func:`data_parallel`
+    takes replicated parameters (its `shard_map` gathers sharded ones whole on
+    every device, which is correct but saves no memory): use plain `jax.jit`
+    with the vmap or ghost clippers here.
+
+    Args:
+      tree: a pytree of arrays (`params`, or `(params, tx.init(params))`).
+      mesh: the mesh (:func:`data_mesh`).
+      axis: the mesh axis to split along (the data axis: FSDP shards the
+        parameters over the same devices as the batch).
+      min_size: the fewest elements a leaf needs to be split; smaller leaves
+        are replicated (splitting them costs more communication than memory it
+        saves). 0 splits every leaf that can be split.
+
+    Returns:
+      The tree, each leaf placed on `mesh`.
+
+    Raises:
+      ValueError: if `mesh` has no axis `axis` or `min_size` is negative.
+
+    Example:
+      >>> import jax.numpy as jnp, dpjax.distributed as dd
+      >>> mesh = dd.data_mesh()
+      >>> w = dd.shard_params({"w": jnp.zeros((8, 3)), "b": jnp.zeros(3)}, mesh, min_size=0)
+      >>> w["w"].shape, w["b"].sharding.is_fully_replicated
+      ((8, 3), True)
+
+    **Privacy:** placement only; it changes no value. Every per-example
+    gradient is still clipped whole (all of its leaves, on every device that
+    holds a piece, before the sum), the noise is still one draw with std
+    sigma * C on the global sum (drawn piecewise, never once per device), and
+    the noise state (key and step counter) is replicated, so every device
+    folds in the same step. `tests/distributed/test_data_parallel.py` checks
+    that two FSDP steps equal two unsharded ones with the same key, and that no
+    device generates the whole draw.
+    """
+    d = _axis_size(mesh, axis)
+    if isinstance(min_size, bool) or not isinstance(min_size, int) or min_size < 0:
+        raise ValueError(
+            f"min_size={min_size!r} must be an integer >= 0 (elements); pass e.g. 2**14, or 0 to "
+            "split every leaf that the device count divides."
+        )
+
+    def place(leaf: Any) -> Any:
+        x = leaf if isinstance(leaf, jax.Array) else jnp.asarray(leaf)
+        split = None
+        if jnp.issubdtype(x.dtype, jnp.floating) and x.size >= max(min_size, 1):
+            dims = [i for i in range(x.ndim) if x.shape[i] % d == 0 and x.shape[i] >= d]
+            if dims:
+                split = max(dims, key=lambda i: (x.shape[i], -i))
+        spec = P() if split is None else P(*[axis if i == split else None for i in range(x.ndim)])
+        return jax.device_put(x, NamedSharding(mesh, spec))
+
+    return jax.tree.map(place, tree)
+
+
 def data_parallel(
     clipper: Callable[[PyTree, PyTree, jax.Array], dpjax.ClippedSum],
     mesh: Mesh,

@@ -295,6 +295,78 @@ def padding(mesh):
     return out
 
 
+def largest_random_words(compiled_text):
+    """The most u32 words one threefry loop of a compiled (per-device) program generates."""
+    loops = [line for line in compiled_text.splitlines() if " while(" in line]
+    return max((int(n) for line in loops for n in re.findall(r"u32\[(\d+)\]", line)), default=0)
+
+
+def fsdp(mesh):
+    """FSDP placement (dd.shard_params): 2 steps equal the unsharded ones; noise drawn piecewise."""
+    (x, y), mask = data()
+    key = jax.random.key(7)
+    out = {}
+    for name, clipper, params in (
+        ("vmap", vmap_clipper(B), vmap_params()),
+        ("ghost", ghost_clipper(), GHOST_PARAMS),
+    ):
+        tx = optax.chain(dpjax.noisy_mean(SIGMA, float(B), key=key), optax.adam(0.1))
+        update = jax.jit(dpjax.private_update(clipper, tx))
+        p1, s1 = params, tx.init(params)
+        b1, m1 = (jnp.asarray(x), jnp.asarray(y)), jnp.asarray(mask)
+        p4, s4 = dd.shard_params((params, tx.init(params)), mesh, min_size=0)
+        b4, m4 = dd.shard_batch((x, y), mask, mesh)
+        diffs = []
+        for _ in range(2):
+            p1, s1 = update(p1, s1, b1, m1)
+            p4, s4 = update(p4, s4, b4, m4)
+            diffs.append(tree_diff(p1, p4))
+        out[name] = {
+            "params_diff": diffs,
+            "moved": tree_diff(p1, params),
+            "kernel_split": not jax.tree.leaves(p4)[-1].sharding.is_fully_replicated
+            if name == "vmap"
+            else not p4["kernel"].value.sharding.is_fully_replicated,
+            "bias_replicated": jax.tree.leaves(p4)[0].sharding.is_fully_replicated,
+            "state_leaves_split": sum(
+                not leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(s4)
+            ),
+        }
+    # The noise on a split parameter: zero gradients, lr 1, n = 1 (the update is -noise).
+    d = 4 * 25_000
+    zero_loss = lambda w, x: 0.0 * jnp.sum(w * x)  # noqa: E731 (gradient exactly 0)
+    clipper = dpjax.accumulate_clipped_grads(
+        dpjax.per_example_grads(zero_loss), l2_norm=2.0, microbatch_size=8
+    )
+    tx = optax.chain(dpjax.noisy_mean(SIGMA, 1.0, key=jax.random.key(11)), optax.sgd(1.0))
+    update = jax.jit(dpjax.private_update(clipper, tx))
+    xs, ms = np.ones((8, d), np.float32), np.ones(8, bool)
+    draws, words = {}, {}
+    for label, place in (
+        ("one", lambda t: t),
+        ("replicated", lambda t: dd.replicate(t, mesh)),
+        ("fsdp", lambda t: dd.shard_params(t, mesh)),
+    ):
+        params, state = place((jnp.zeros(d), tx.init(jnp.zeros(d))))
+        batch, bmask = (
+            (jnp.asarray(xs), jnp.asarray(ms)) if label == "one" else dd.shard_batch(xs, ms, mesh)
+        )
+        words[label] = largest_random_words(
+            update.lower(params, state, batch, bmask).compile().as_text()
+        )
+        new, _ = update(params, state, batch, bmask)
+        draws[label] = np.asarray(params - new)
+        if label == "fsdp":
+            out["noise_split"] = not new.sharding.is_fully_replicated
+    out["noise"] = {
+        "coordinates": d,
+        "fsdp_vs_one": float(np.max(np.abs(draws["fsdp"] - draws["one"]))),
+        "std_ratio": float(np.std(draws["fsdp"]) / (SIGMA * 2.0)),
+        "largest_random_words": words,
+    }
+    return out
+
+
 def main():
     devices = jax.devices()
     if len(devices) < 4:
@@ -309,6 +381,7 @@ def main():
         "noise": noise(mesh),
         "padding": padding(mesh),
         "support_and_scale": support_and_scale(mesh),
+        "fsdp": fsdp(mesh),
     }
     print(json.dumps(result))
 

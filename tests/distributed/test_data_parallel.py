@@ -155,3 +155,44 @@ def test_a_public_support_and_scale_pass_through_four_devices(four):
     assert r["support_kept"] and r["scale"] == 0.5, r
     assert r["sum_diff"] <= ATOL and max(r["params_diff"]) <= ATOL, r
     assert r["moved"] > 1e-3 and r["moved_off_support"] == 0.0, r
+
+
+@pytest.mark.parametrize("path", ["vmap", "ghost"])
+def test_fsdp_steps_equal_unsharded_steps(four, path):
+    # Parameters and optimizer state split over the 4 devices (dd.shard_params): two Adam
+    # steps with the same key equal the unsharded ones, and the parameters stay split.
+    r = four["fsdp"][path]
+    assert max(r["params_diff"]) <= ATOL and r["moved"] > 1e-2, r
+    assert r["kernel_split"] and r["bias_replicated"] and r["state_leaves_split"] >= 2, r
+
+
+def test_fsdp_noise_is_one_global_draw_generated_piecewise(four):
+    r = four["fsdp"]["noise"]
+    # The same numbers as one device's draw with the same key, with std sigma * C ...
+    assert r["fsdp_vs_one"] == 0.0 and abs(r["std_ratio"] - 1.0) < 0.03, r
+    assert four["fsdp"]["noise_split"]
+    # ... but each device generates only its quarter of the random words; replicated, every
+    # device generates all of them.
+    words = r["largest_random_words"]
+    assert words["replicated"] >= r["coordinates"] and words["one"] >= r["coordinates"], words
+    assert words["fsdp"] <= r["coordinates"] // 4 + 64, words
+
+
+def test_shard_params_places_large_float_leaves_only():
+    mesh = dd.data_mesh()
+    d = mesh.shape["data"]
+    tree = {
+        "w": jnp.zeros((3, 4 * d)),
+        "small": jnp.zeros(d),
+        "count": jnp.zeros((4 * d,), jnp.int32),
+        "key": jax.random.key(0),
+    }
+    placed = dd.shard_params(tree, mesh, min_size=8)
+    assert placed["w"].shape == (3, 4 * d) and tuple(placed["w"].sharding.spec) == (None, "data")
+    assert placed["count"].sharding.is_fully_replicated
+    assert placed["key"].sharding.is_fully_replicated
+    np.testing.assert_array_equal(np.asarray(placed["w"]), np.zeros((3, 4 * d)))
+    with pytest.raises(ValueError, match="min_size"):
+        dd.shard_params(tree, mesh, min_size=-1)
+    with pytest.raises(ValueError, match="not an axis"):
+        dd.shard_params(tree, mesh, axis="model")
