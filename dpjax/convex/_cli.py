@@ -45,7 +45,8 @@ def add_parser(subparsers: Any) -> None:
         "gradient-norm tolerance and privatizes it by output, objective or approximate minima "
         "perturbation; prints test accuracy and the epsilon spent. Rows are clipped to "
         "--data-norm (never computed from the data); neighbours: replace one example (output "
-        "perturbation: or add/remove one), the data set size public. --seed is research mode: "
+        "perturbation: or add/remove one), the data set size public unless --normalizer gives "
+        "a public bound N. --seed is research mode: "
         "the JSON says so but never holds the seed.",
     )
     parser.add_argument("--dataset", default="digits", help=f"one of {', '.join(DATASET_NAMES)}")
@@ -64,6 +65,18 @@ def add_parser(subparsers: Any) -> None:
         type=float,
         default=None,
         help="clip norm of the pixel vectors in [0, 1] (default 4 digits, 8 else)",
+    )
+    parser.add_argument(
+        "--neighbours",
+        default="replace-one",
+        help="replace-one (default) or add-remove (output perturbation only; DP-SGD's relation)",
+    )
+    parser.add_argument(
+        "--normalizer",
+        type=int,
+        default=None,
+        help="a public data set size bound N, chosen without looking at the data: the "
+        "objective divides by N (add-remove sensitivity L / (N lambda), half the default)",
     )
     parser.add_argument("--seed", type=int, default=None, help="noise seed (default: secret)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -99,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
         l2_reg=l2_reg,
         data_norm=data_norm,
         num_classes=int(ds.num_classes or 2),
+        neighbours=args.neighbours,
+        normalizer=args.normalizer,
     )
     flat = lambda split: split.x.reshape(len(split), -1)  # noqa: E731
     tracker = dpjax.PrivacyTracker(args.target_epsilon, args.delta, dataset_size=len(ds.train))
@@ -166,7 +181,8 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"privacy spent: epsilon = {summary['epsilon']:.4f} (target {args.target_epsilon:g}), "
         f"delta = {args.delta:g}; l2_reg {l2_reg:g}, data_norm {data_norm:g}, "
-        f"sensitivity {fit.sensitivity:.4g}, noise scale {fit.noise_scale:.4g}"
+        f"sensitivity {fit.sensitivity:.4g} ({fit.sensitivity_rule}), "
+        f"noise scale {fit.noise_scale:.4g}"
     )
     print(
         "(accuracies are computed from the data without noise: for the data owner, not for release)"

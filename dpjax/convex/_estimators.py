@@ -36,6 +36,8 @@ class _DPClassifier(ClassifierMixin, BaseEstimator):
     max_iter: int
     random_state: int | None
     tracker: dpjax.PrivacyTracker | None
+    neighbours: str
+    normalizer: int | None
 
     def _problem(self, num_classes: int) -> ConvexProblem:
         raise NotImplementedError
@@ -154,6 +156,11 @@ class DPLogisticRegression(_DPClassifier):
         gives a reproducible, NOT secret key (research on public data only).
       tracker: a :class:`dpjax.PrivacyTracker` to record in (e.g. shared with
         DP-SGD); None for a new one with target ``epsilon``.
+      neighbours: ``"replace-one"`` (default) or ``"add-remove"`` (output
+        perturbation only); see :class:`dpjax.convex.ConvexProblem`.
+      normalizer: None (divide by the number of rows) or a public data set size
+        bound N chosen without looking at the data; with ``"add-remove"`` it
+        halves the sensitivity to ``L / (N lambda)``.
 
     Attributes:
       coef_, intercept_, classes_: as in scikit-learn.
@@ -171,8 +178,9 @@ class DPLogisticRegression(_DPClassifier):
       (True, True)
 
     **Privacy:** (epsilon, delta)-DP (Gaussian) or epsilon-DP (Laplace) for the
-    released coefficients, under replace-one neighbours, and under add/remove
-    for output perturbation (n public); see :func:`dpjax.convex.private_fit`.
+    released coefficients, under ``neighbours`` (add/remove for output
+    perturbation only; n public unless a ``normalizer`` N, chosen without looking
+    at the data, is given); see :func:`dpjax.convex.private_fit`.
     ``classes_`` is data-independent only when ``classes`` is given. ``fit_``
     holds the public numbers of the fit and nothing else from the data.
     Predictions are post-processing.
@@ -193,7 +201,11 @@ class DPLogisticRegression(_DPClassifier):
         max_iter: int = 500,
         random_state: int | None = None,
         tracker: dpjax.PrivacyTracker | None = None,
+        neighbours: str = "replace-one",
+        normalizer: int | None = None,
     ):
+        self.neighbours = neighbours
+        self.normalizer = normalizer
         self.epsilon = epsilon
         self.delta = delta
         self.l2_reg = l2_reg
@@ -218,6 +230,8 @@ class DPLogisticRegression(_DPClassifier):
             data_norm=self.data_norm,
             fit_intercept=self.fit_intercept,
             num_classes=num_classes,
+            neighbours=self.neighbours,
+            normalizer=self.normalizer,
         )
 
     def predict_proba(self, X: Any) -> np.ndarray:
@@ -255,6 +269,9 @@ class DPLinearSVC(_DPClassifier):
       max_iter: L-BFGS iterations at most (then fixed accelerated steps).
       random_state: None (secret key) or an int (reproducible, not secret).
       tracker: a :class:`dpjax.PrivacyTracker` to record in.
+      neighbours: ``"replace-one"`` or ``"add-remove"`` (output perturbation only).
+      normalizer: None or a public data set size bound N (see
+        :class:`DPLogisticRegression`).
 
     Example:
       >>> import numpy as np
@@ -284,7 +301,11 @@ class DPLinearSVC(_DPClassifier):
         max_iter: int = 500,
         random_state: int | None = None,
         tracker: dpjax.PrivacyTracker | None = None,
+        neighbours: str = "replace-one",
+        normalizer: int | None = None,
     ):
+        self.neighbours = neighbours
+        self.normalizer = normalizer
         self.epsilon = epsilon
         self.delta = delta
         self.l2_reg = l2_reg
@@ -307,6 +328,8 @@ class DPLinearSVC(_DPClassifier):
             fit_intercept=self.fit_intercept,
             num_classes=num_classes,
             huber_h=self.huber_h,
+            neighbours=self.neighbours,
+            normalizer=self.normalizer,
         )
 
 

@@ -9,12 +9,16 @@ steps through dp-accounting), L2-Laplace noise as
 there).
 
 **Neighbouring data sets.** Replace one example, or (output perturbation only)
-add or remove one. J is the mean over the rows given, so an added or removed
-row moves its normalizer n too, and the output sensitivity is ``2 L / (n lambda)``
-under both relations (:meth:`ConvexProblem.sensitivity`). Objective perturbation
-and approximate minima perturbation are analysed for replace-one only (n, and
-the regularizer's weight ``n lambda`` in ``n J``, equal on both neighbours). The
-number of rows n is treated as public, as dpjax treats the data set size.
+add or remove one. By default J is the mean over the rows given, so an added or
+removed row moves its normalizer n too, and the output sensitivity is
+``2 L / (n lambda)`` under both relations; the number of rows n is then treated
+as public, as dpjax treats the data set size. With a public normalizer N
+(``ConvexProblem(..., normalizer=N)``) J divides by N whatever the data, and
+the output sensitivity is ``L / (N lambda)`` under add/remove (the relation of
+dpjax's DP-SGD), ``2 L / (N lambda)`` under replace-one
+(:meth:`ConvexProblem.sensitivity`). Objective perturbation and approximate
+minima perturbation are analysed for replace-one only (the regularizer's weight
+``N lambda`` in ``N J`` equal on both neighbours, and one loss term replaced).
 """
 
 from __future__ import annotations
@@ -42,9 +46,9 @@ pure epsilon-DP by the L2-Laplace (gamma-norm) distribution, recorded as
 PureEpsilonRelease."""
 
 TOL_FRACTION = 0.01
-"""Default solver tolerance ``tol = TOL_FRACTION * L / n``: the solver's point is within
-``tol / lambda`` of the minimizer, which adds ``2 tol / lambda`` (1 % of
-``2 L / (n lambda)``) to the output's sensitivity."""
+"""Default solver tolerance ``tol = TOL_FRACTION * L / N`` (N the objective's
+normalizer): the solver's point is within ``tol / lambda`` of the minimizer, which
+adds ``2 tol / lambda`` (1 % of ``2 L / (N lambda)``) to the output's sensitivity."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +70,13 @@ class PrivateFit:
         needs).
       tol: the solver's tolerance (public): its point is within ``tol / l2_reg``
         of the minimizer.
-      n: the number of examples (public by dpjax's convention).
+      n: the number of examples (public by dpjax's convention when `normalizer`
+        is None, since the noise then follows it).
+      neighbours: the neighbouring relation the guarantee is for.
+      normalizer: the public N the objective divided by, or None (divided by n).
+      sensitivity_rule: the relation and bound used, in words
+        (:meth:`ConvexProblem.sensitivity_rule`), e.g. ``"add-remove, public fixed
+        normalizer N = 1000: L / (N lambda)"``.
 
     Nothing here but `params` depends on the data. Until the issue 17 review the
     fit also held ``grad_norm`` and ``iterations``, the solver's gradient norm and
@@ -84,6 +94,9 @@ class PrivateFit:
     l2_reg: float
     tol: float
     n: int
+    neighbours: str = "replace-one"
+    normalizer: int | None = None
+    sensitivity_rule: str = ""
 
     def summary(self) -> dict[str, Any]:
         """The fit's metadata as a JSON-serialisable dict (no parameters)."""
@@ -168,7 +181,9 @@ def private_fit(
     Host side. The rows of `x` are clipped to ``problem.data_norm`` first
     (:meth:`ConvexProblem.prepare`).
 
-    Notation: ``Delta_J = problem.sensitivity(n) = 2 L / (n lambda)``, ``G =
+    Notation: N the objective's normalizer (``problem.normalizer``, else the
+    number n of rows), ``Delta_J = problem.sensitivity(n)`` (``2 L / (N lambda)``,
+    or ``L / (N lambda)`` for add/remove with a public normalizer), ``G =
     problem.gradient_difference = 2 L``, ``r = problem.hessian_rank = 2``,
     beta the smoothness, K the OvR columns (each gets ``epsilon / K``).
 
@@ -193,7 +208,7 @@ def private_fit(
       replace-one neighbours): per
       column ``eps_c = eps_obj + eps_out`` (``eps_out = output_fraction * eps_c``),
       ``eps_obj = eps_1 + eps_2`` (``eps_2 = jacobian_fraction * eps_obj``); the
-      regularization is raised to ``lambda_tot >= beta / (n (e^{eps_2/r} - 1))``,
+      regularization is raised to ``lambda_tot >= beta / (N (e^{eps_2/r} - 1))``,
       the objective perturbed as above with ``eps_1``, solved only to within
       ``tol / lambda_tot`` (their gamma is tol), then noise of sensitivity ``2 tol / lambda_tot``
       is added (given the exact perturbed minimizer, both neighbours' solver
@@ -213,9 +228,9 @@ def private_fit(
       tracker: the account to record in (it may already hold DP-SGD steps); a new
         one with target `epsilon` when None. Its refusal
         (:class:`dpjax.BudgetExceededError`) stops the fit before any noise.
-      tol: the solver's tolerance (mean-scale objective; per column for OvR):
+      tol: the solver's tolerance (gradient norm of J; per column for OvR):
         its point is within ``tol / lambda`` of the minimizer; default
-        ``TOL_FRACTION * L / n``.
+        ``TOL_FRACTION * L / N``.
       max_iter: L-BFGS iterations at most (>= 0) before the fixed accelerated
         steps take over (:func:`dpjax.convex._problems.solve`); 0 runs those alone.
       output_fraction: approximate minima only, in (0, 1).
@@ -246,6 +261,15 @@ def private_fit(
       >>> fit.params.shape, fit.records
       ((4, 1), (GaussianRelease(noise_multiplier=3.73...),))
 
+      A public data set size bound N with add/remove neighbours (the relation of
+      dpjax's DP-SGD) halves the sensitivity:
+
+      >>> q = ConvexProblem("logistic", l2_reg=0.1, data_norm=2.0,
+      ...                   neighbours="add-remove", normalizer=200)
+      >>> fit2 = private_fit(q, x, y, epsilon=1.0, delta=1e-5, key=jax.random.key(1))
+      >>> fit2.sensitivity < fit.sensitivity / 1.9, fit2.sensitivity_rule
+      (True, 'add-remove, public fixed normalizer N = 200: L / (N lambda)')
+
     **Privacy:** (epsilon, delta)-DP (or epsilon-DP for Laplace noise) under the
     neighbouring relation of the module docstring, with the constants of
     :class:`ConvexProblem` (true because every row is clipped, a non-finite row
@@ -256,8 +280,11 @@ def private_fit(
     norm (until the issue 17 review, ``ConvergenceError`` and ``grad_norm`` /
     ``iterations`` did). Edge cases: lambda = 0 and epsilon <= 0 are refused.
     Not covered: the running time (L-BFGS stops early; ``max_iter=0`` makes it
-    data-independent), float rounding of the solver (float32), and the noise
-    scale's dependence on n (public by convention).
+    data-independent), float rounding of the solver (float32), and, without a
+    normalizer, the noise scale's dependence on n (public by convention). With
+    ``problem.normalizer = N`` (chosen without looking at the data) the noise
+    depends on public constants only and the guarantee holds whatever the
+    number of rows n (n != N changes utility only; see :class:`ConvexProblem`).
 
     References:
       Chaudhuri, Monteleoni & Sarwate, "Differentially Private Empirical Risk
@@ -283,7 +310,8 @@ def private_fit(
     if mechanism != "output-perturbation":
         if problem.neighbours != "replace-one":
             raise ValueError(
-                f"mechanism={mechanism!r} with neighbours={problem.neighbours!r}: its analysis "
+                f"mechanism={mechanism!r} with neighbours={problem.neighbours!r}: dpjax analyses "
+                "it for replace-one only (G = 2 L, Hessian rank 2). Without a normalizer it "
                 "holds n, and the regularizer's weight n * l2_reg, equal on both neighbours, "
                 "which adding or removing a row changes (the implied noise then moves by "
                 "l2_reg * theta, unbounded). Pass ConvexProblem(..., neighbours='replace-one'), "
@@ -312,8 +340,12 @@ def private_fit(
     xs, ts = problem.prepare(x, y)
     assert ts is not None  # y was given
     n = int(xs.shape[0])
+    big_n = problem.normalizer_for(n)  # J's normalizer: the public N, else n
     lip = problem.lipschitz
-    tol = TOL_FRACTION * lip / n if tol is None else _validation.check_positive_float(tol, "tol")
+    tol = (
+        TOL_FRACTION * lip / big_n if tol is None else _validation.check_positive_float(tol, "tol")
+    )
+    relation = (problem.neighbours, problem.normalizer, problem.sensitivity_rule())
     cols = problem.num_outputs
     blocks = cols if problem.one_vs_rest else 1  # independently noised blocks
     block_shape = (xs.shape[1], 1) if problem.one_vs_rest else (xs.shape[1], cols)
@@ -334,14 +366,18 @@ def private_fit(
             scale = sigma * sens
         else:
             eps_b = _split_pure(epsilon, blocks)
-            records = (dpjax.PureEpsilonRelease(eps_b, blocks, label="output perturbation"),)
+            records = (
+                dpjax.PureEpsilonRelease(
+                    eps_b, blocks, label=f"output perturbation ({problem.sensitivity_rule()})"
+                ),
+            )
             scale = sens / eps_b
         _record_all(tracker, records)  # before the solver sees the data
         sol = solve(problem, xs, ts, tol=tol, max_iter=max_iter, init=init)
         params = np.asarray(sol.params) + noise_blocks(scale, 0, noise == "gaussian")
         return PrivateFit(
             params, mechanism, noise, epsilon, float(delta or 0.0) if noise == "gaussian" else 0.0,
-            records, sens, scale, problem.l2_reg, tol, n,
+            records, sens, scale, problem.l2_reg, tol, n, *relation,
         )  # fmt: skip
 
     beta = problem.smoothness
@@ -349,10 +385,10 @@ def private_fit(
     if mechanism == "objective-perturbation":
         eps_out = 0.0
         rank = problem.hessian_rank  # 2: the Jacobian term is rank * log(1 + beta / (n reg))
-        eps_1 = eps_c - rank * math.log1p(beta / (n * problem.l2_reg))
+        eps_1 = eps_c - rank * math.log1p(beta / (big_n * problem.l2_reg))
         reg = problem.l2_reg
         if eps_1 < eps_c / 2.0:  # Chaudhuri et al.'s Alg. 2: more regularization, half the budget
-            reg = beta / (n * math.expm1(eps_c / (2.0 * rank)))
+            reg = beta / (big_n * math.expm1(eps_c / (2.0 * rank)))
             eps_1 = eps_c / 2.0
         records = (dpjax.PureEpsilonRelease(eps_c, blocks, label="objective perturbation"),)
     else:
@@ -360,7 +396,8 @@ def private_fit(
         eps_2 = jacobian_fraction * eps_obj
         eps_1 = eps_obj - eps_2
         # (expm1 capped: beyond e^700 the term is 0 in float64 anyway; math.expm1 would raise)
-        reg = max(problem.l2_reg, beta / (n * math.expm1(min(eps_2 / problem.hessian_rank, 700.0))))
+        jac = math.expm1(min(eps_2 / problem.hessian_rank, 700.0))
+        reg = max(problem.l2_reg, beta / (big_n * jac))
         eps_out = eps_c - eps_obj
         if noise == "laplace":
             records = (
@@ -399,7 +436,7 @@ def private_fit(
         sens, scale = sens_out, scale_out
     return PrivateFit(
         params, mechanism, noise, epsilon, float(delta or 0.0) if noise == "gaussian" else 0.0,
-        records, sens, scale, reg, tol, n,
+        records, sens, scale, reg, tol, n, *relation,
     )  # fmt: skip
 
 

@@ -2,9 +2,10 @@
 
 A :class:`ConvexProblem` is L2-regularized empirical risk minimization
 
-    J_D(theta) = (1/n) sum_i loss(theta; x_i, y_i) + (l2_reg / 2) ||theta||^2
+    J_D(theta) = (1/N) sum_i loss(theta; x_i, y_i) + (l2_reg / 2) ||theta||^2
 
-over clipped feature vectors, n the number of rows given. Its Lipschitz constant L
+over clipped feature vectors, with N the number of rows given (the default) or a
+public ``normalizer`` held fixed whatever the data. Its Lipschitz constant L
 and smoothness beta are computed from the stated ``data_norm`` (and
 ``label_range`` for ridge), never from the data. The solver (optax L-BFGS, or an
 exact solve for ridge) returns a point within ``tol / lambda`` of the minimizer
@@ -34,10 +35,11 @@ LOSSES = ("logistic", "multinomial", "huber_svm", "ridge")
 
 
 NEIGHBOURS = ("replace-one", "add-remove")
-"""The neighbouring relations: replace one example, or add or remove one. J is the
-mean over the rows given, so adding or removing a row moves its normalizer n too;
-both relations have the same output sensitivity ``2 L / (n lambda)`` (see
-:meth:`ConvexProblem.sensitivity`)."""
+"""The neighbouring relations: replace one example, or add or remove one. By default
+J is the mean over the rows given, so adding or removing a row moves its normalizer
+n too, and both relations have the output sensitivity ``2 L / (n lambda)``. With a
+public ``normalizer`` N (held fixed), add/remove has ``L / (N lambda)`` and
+replace-one ``2 L / (N lambda)`` (see :meth:`ConvexProblem.sensitivity`)."""
 
 
 class ConvergenceError(RuntimeError):
@@ -86,13 +88,20 @@ class ConvexProblem:
       num_classes: K >= 2 for classification; 1 for ridge.
       huber_h: the smoothing width h of the smoothed hinge, > 0.
       label_range: ``(lo, hi)`` for ridge, lo < hi.
-      neighbours: ``"replace-one"`` (default) or ``"add-remove"``. Output
-        perturbation has the same sensitivity under both (:meth:`sensitivity`:
-        J is the mean over the rows given, so an added or removed row moves the
-        normalizer n too), so its records compose with DP-SGD steps (add/remove).
-        Objective perturbation and approximate minima perturbation need
-        ``"replace-one"``: their analysis holds n, and so the regularizer's weight
-        ``n lambda`` in ``n J``, equal on both neighbours.
+      neighbours: ``"replace-one"`` (default) or ``"add-remove"``. Without a
+        normalizer output perturbation has the same sensitivity under both
+        (:meth:`sensitivity`: J is the mean over the rows given, so an added or
+        removed row moves the normalizer n too), so its records compose with
+        DP-SGD steps (add/remove). Objective perturbation and approximate minima
+        perturbation need ``"replace-one"``: their analysis holds the
+        regularizer's weight ``N lambda`` in ``N J`` and the number of loss
+        terms' difference (one replaced) as stated.
+      normalizer: None (default: N = n, the number of rows given) or a public
+        integer N >= 1, the data set size bound, chosen WITHOUT looking at the
+        data: J is then ``(1/N) sum_i loss_i + (lambda/2)||theta||^2`` whatever the
+        number n of rows, and output perturbation's sensitivity under
+        ``"add-remove"`` halves to ``L / (N lambda)`` (:meth:`sensitivity`).
+        Classification losses only (ridge's Lipschitz ball grows with n / N).
 
     Raises:
       ValueError: for an invalid value (named, with the fix).
@@ -103,6 +112,10 @@ class ConvexProblem:
       ...                   fit_intercept=False)
       >>> round(p.lipschitz, 4), p.smoothness
       (4.2426, 4.5)
+      >>> q = ConvexProblem("logistic", l2_reg=0.1, data_norm=1.0, fit_intercept=False,
+      ...                   neighbours="add-remove", normalizer=1000)
+      >>> q.sensitivity() == q.lipschitz / (1000 * 0.1)  # half of 2 L / (N lambda)
+      True
 
     **Privacy:** the constants are true only for rows passed through
     :meth:`prepare` (clipped; a non-finite row zeroed); they never depend on the
@@ -110,6 +123,25 @@ class ConvexProblem:
     ``L / (n lambda)``, true only for a normalizer held fixed; one row really
     added moved a smoothed-hinge minimizer by ``2 L / ((n + 1) lambda)``, 1.8 times
     that at n = 10.
+
+    **Privacy (normalizer):** N must be chosen WITHOUT looking at the data (a
+    published data set size, a registry's count, an upper bound fixed by
+    design): a normalizer read from the data would make the sensitivity, and the
+    noise, data-dependent. The bound ``L / (N lambda)`` (add/remove) or
+    ``2 L / (N lambda)`` (replace-one) holds for ANY number n of rows, equal to N
+    or not, because the objective divides by N whatever n is (one row changes
+    one term ``loss / N``). n != N only changes utility: for n < N the data term
+    has less weight against the regularizer (the fit shrinks towards 0), for
+    n > N more; the solver's work grows with n / N (the running time, outside
+    the guarantee). The released noise no longer depends on n, so n need not be
+    public. Every record is valid for dpjax's add/remove accounting (with a
+    normalizer, replace-one noise of ``2 L / (N lambda)`` is twice what
+    add/remove needs).
+
+    References:
+      Chaudhuri, Monteleoni & Sarwate, "Differentially Private Empirical Risk
+      Minimization", JMLR 2011 (Lemma 7, Corollary 8: output perturbation of an
+      objective normalized by a fixed n).
     """
 
     loss: str
@@ -120,6 +152,7 @@ class ConvexProblem:
     huber_h: float = 0.5
     label_range: tuple[float, float] | None = None
     neighbours: str = "replace-one"
+    normalizer: int | None = None
     binary_losses: ClassVar[tuple[str, ...]] = ("logistic", "huber_svm")
 
     def __post_init__(self):
@@ -145,6 +178,21 @@ class ConvexProblem:
             raise ValueError(
                 f"neighbours={self.neighbours!r} is not one of {NEIGHBOURS}; pass 'replace-one'."
             )
+        if self.normalizer is not None:
+            nz = self.normalizer
+            if isinstance(nz, bool) or not isinstance(nz, int | np.integer) or nz < 1:
+                raise ValueError(
+                    f"normalizer={nz!r} must be None or a public integer N >= 1 (the data set "
+                    "size bound, chosen without looking at the data); pass e.g. "
+                    "normalizer=60000, or normalizer=None to divide by the number of rows."
+                )
+            if self.loss == "ridge":
+                raise ValueError(
+                    f"normalizer={nz!r} with loss='ridge': ridge's Lipschitz constant holds on "
+                    "the ball ||theta|| <= B / sqrt(l2_reg), which grows with n / N when the "
+                    "normalizer is fixed. Pass normalizer=None for ridge."
+                )
+            object.__setattr__(self, "normalizer", int(nz))
         if self.loss == "ridge":
             lr = self.label_range
             if (
@@ -240,31 +288,69 @@ class ConvexProblem:
             return 1.0 if h < 1.0 else (1.0 + h) ** 2 / (4.0 * h)
         return self.label_bound**2 / 2.0
 
-    def sensitivity(self, n: int) -> float:
-        """``2 L / (n lambda)``: the L2 distance bound between neighbours' minimizers of J.
-
-        Replace-one (n fixed): the objectives differ by one term of gradient norm
-        at most ``2 L / n``, and lambda-strong convexity turns that into a distance
-        (Chaudhuri et al. 2011, Lemma 7). Add/remove-one: J is the mean over the
-        rows GIVEN, so the normalizer moves too. With ``D' = D + z`` (n + 1 rows),
-        ``grad J_D'(theta_D) = (lambda theta_D + grad loss_z(theta_D)) / (n + 1)``,
-        and ``||lambda theta_D|| = ||mean grad loss|| <= L``: the minimizers are at
-        most ``2 L / ((n + 1) lambda)`` apart, so a data set of n rows is within
-        ``2 L / (n lambda)`` of both its neighbours (n - 1 and n + 1 rows). The
-        bound ``L / (n lambda)`` this method returned for add/remove before the
-        issue 17 review holds only for a normalizer held fixed, which the code
-        never did. For one binary problem, one OvR column, the whole multinomial
-        matrix, or ridge (whose minimizers, of any number of rows, lie in the
-        ball of radius ``B / sqrt(lambda)`` where ``L`` holds).
+    def normalizer_for(self, n: int) -> int:
+        """N, the objective's normalizer for a data set of n rows: ``normalizer``, else n.
 
         Args:
-          n: the number of rows of the released data set (J's normalizer), >= 1.
+          n: the number of rows given, >= 1.
 
         Returns:
-          The sensitivity, the same for both relations.
+          The public ``normalizer`` if the problem has one (whatever n is), else n.
 
         Raises:
           ValueError: if n is not a positive integer.
+
+        Example:
+          >>> from dpjax.convex import ConvexProblem
+          >>> ConvexProblem("logistic", 0.1, 1.0, normalizer=500).normalizer_for(480)
+          500
+          >>> ConvexProblem("logistic", 0.1, 1.0).normalizer_for(480)
+          480
+
+        **Privacy:** with a normalizer the result never depends on n (see the
+        class docstring's privacy paragraph on n != N).
+        """
+        n = _validation.check_positive_int(n, "n")
+        return n if self.normalizer is None else self.normalizer
+
+    def sensitivity(self, n: int | None = None) -> float:
+        """The L2 distance bound between neighbours' minimizers of J.
+
+        ====================  ======================  ======================
+        normalizer            replace-one             add-remove
+        ====================  ======================  ======================
+        None (N = n, moves)   ``2 L / (n lambda)``    ``2 L / (n lambda)``
+        N (public, fixed)     ``2 L / (N lambda)``    ``L / (N lambda)``
+        ====================  ======================  ======================
+
+        Fixed normalizer N: neighbours' objectives differ by one term
+        ``loss_z / N`` (add/remove: gradient norm at most ``L / N``) or by
+        ``(loss_z' - loss_z) / N`` (replace-one: at most ``2 L / N``), and
+        lambda-strong convexity turns a gradient difference g into a distance
+        ``g / lambda`` (Chaudhuri et al. 2011, Lemma 7). This holds for ANY
+        number n of rows: n need not equal N, and it need not be public.
+
+        Moving normalizer (the default, J the mean over the rows given): with
+        ``D' = D + z`` (n + 1 rows), ``grad J_D'(theta_D) = (lambda theta_D + grad
+        loss_z(theta_D)) / (n + 1)``, and ``||lambda theta_D|| = ||mean grad loss||
+        <= L``: the minimizers are at most ``2 L / ((n + 1) lambda)`` apart, so a
+        data set of n rows is within ``2 L / (n lambda)`` of both its neighbours
+        (n - 1 and n + 1 rows). The bound ``L / (n lambda)`` this method returned
+        for add/remove before the issue 17 review holds only for a normalizer
+        held fixed, which the code then never did (``normalizer`` now does).
+        For one binary problem, one OvR column, the whole multinomial matrix, or
+        ridge (whose minimizers, of any number of rows, lie in the ball of
+        radius ``B / sqrt(lambda)`` where ``L`` holds).
+
+        Args:
+          n: the number of rows of the released data set, >= 1; required without
+            a normalizer, ignored (may be None) with one.
+
+        Returns:
+          The sensitivity (see the table).
+
+        Raises:
+          ValueError: if n is needed and not a positive integer.
 
         Example:
           >>> from dpjax.convex import ConvexProblem
@@ -272,13 +358,40 @@ class ConvexProblem:
           >>> p.sensitivity(10) == 2 * p.lipschitz / (10 * 0.5)
           True
 
-        **Privacy:** the noise scale follows n, the number of rows, which dpjax
-        treats as public (as it does the data set size for DP-SGD): two
-        neighbours of n and n + 1 rows get noise stds that differ by a factor
-        ``(n + 1) / n``, a difference the accountant does not charge.
+        **Privacy:** without a normalizer the noise scale follows n, the number
+        of rows, which dpjax then treats as public (as it does the data set size
+        for DP-SGD): two neighbours of n and n + 1 rows get noise stds that
+        differ by a factor ``(n + 1) / n``, a difference the accountant does not
+        charge. With a normalizer the sensitivity is a function of public
+        constants only.
+
+        References:
+          Chaudhuri, Monteleoni & Sarwate, "Differentially Private Empirical Risk
+          Minimization", JMLR 2011 (Lemma 7, Corollary 8).
         """
-        n = _validation.check_positive_int(n, "n")
-        return self.gradient_difference / (n * self.l2_reg)
+        if self.normalizer is None:
+            if n is None:
+                raise ValueError(
+                    "n=None: without a normalizer the sensitivity needs the number of rows; "
+                    "pass sensitivity(n), or construct the problem with normalizer=N."
+                )
+            big_n = self.normalizer_for(n)
+            return self.gradient_difference / (big_n * self.l2_reg)
+        factor = 1.0 if self.neighbours == "add-remove" else 2.0
+        return factor * self.lipschitz / (self.normalizer * self.l2_reg)
+
+    def sensitivity_rule(self) -> str:
+        """The neighbouring relation and the bound :meth:`sensitivity` uses, in words."""
+        if self.normalizer is None:
+            return (
+                f"{self.neighbours}, normalizer n = the number of rows given (moves under "
+                "add/remove): 2 L / (n lambda)"
+            )
+        bound = "L" if self.neighbours == "add-remove" else "2 L"
+        return (
+            f"{self.neighbours}, public fixed normalizer N = {self.normalizer}: "
+            f"{bound} / (N lambda)"
+        )
 
     # -- data
     def prepare(self, x: Any, y: Any | None = None) -> tuple[jax.Array, jax.Array | None]:
@@ -369,15 +482,16 @@ def example_losses(problem: ConvexProblem, theta: jax.Array, x: jax.Array, t: ja
     )
 
 
-def objective(problem: ConvexProblem, x: jax.Array, t: jax.Array, reg: Any, linear=None):
-    """``theta -> (1/n) sum_i loss_i(theta) + (reg/2)||theta||^2 + <linear, theta> / n``.
+def objective(problem: ConvexProblem, x: jax.Array, t: jax.Array, reg: Any, linear=None, norm=None):
+    """``theta -> (1/N) sum_i loss_i(theta) + (reg/2)||theta||^2 + <linear, theta> / N``.
 
-    Device side; `reg` is the total L2 coefficient (``l2_reg`` plus any extra).
+    Device side; `reg` is the total L2 coefficient (``l2_reg`` plus any extra);
+    `norm` is N (the rows' count when None; :meth:`ConvexProblem.normalizer_for`).
 
     Columns of an OvR problem are independent: the sum over columns is minimized
     column by column.
     """
-    n = x.shape[0]
+    n = x.shape[0] if norm is None else norm
 
     def fun(theta):
         value = jnp.sum(example_losses(problem, theta, x, t)) / n
@@ -403,7 +517,9 @@ class Solution:
     distance: float
 
 
-def fixed_iterations(problem: ConvexProblem, reg: float, tol: float, linear: bool) -> int:
+def fixed_iterations(
+    problem: ConvexProblem, reg: float, tol: float, linear: bool, ratio: float = 1.0
+) -> int:
     """The number of accelerated gradient steps that reach ``tol / reg``, from public constants.
 
     Host side. Nesterov's method for an alpha-strongly convex, beta-smooth f
@@ -417,13 +533,16 @@ def fixed_iterations(problem: ConvexProblem, reg: float, tol: float, linear: boo
     loss at 0 (:attr:`ConvexProblem.loss_at_zero`). So
     ``T = ceil(sqrt(kappa) log(2 alpha (1 + kappa) F0 / tol**2))`` gives
     ``||y - x*|| <= tol / alpha``, for a binary problem, each OvR column, or the
-    multinomial matrix.
+    multinomial matrix. With a fixed normalizer N and n > N rows, the data term
+    ``(1/N) sum_i loss_i`` is up to ``ratio = n / N`` times the mean: beta, L and the
+    loss at 0 are multiplied by ``max(1, ratio)``.
 
     Args:
       problem: the model (its loss, L, beta).
       reg: the objective's total L2 coefficient alpha, > 0.
       tol: the target, a gradient-norm scale: the distance is ``tol / reg``.
       linear: whether the objective has a linear (noise) term.
+      ratio: n / N, the rows over the normalizer (1 without a normalizer).
 
     Returns:
       T >= 0, a function of public numbers only.
@@ -435,9 +554,9 @@ def fixed_iterations(problem: ConvexProblem, reg: float, tol: float, linear: boo
       >>> fixed_iterations(p, 0.1, 1e-4, linear=False)
       34
 
-    **Privacy:** T depends on ``(loss, data_norm, l2_reg, tol, classes)`` and on
-    whether there is a linear term, never on the data or the noise, so the work
-    and the guarantee are the same for every data set.
+    **Privacy:** T depends on ``(loss, data_norm, l2_reg, tol, classes)``, on
+    whether there is a linear term and on n / N when n > N (the running time
+    only, outside dpjax's guarantee), never on the data's values or the noise.
 
     References:
       Bubeck, "Convex Optimization: Algorithms and Complexity", Foundations and
@@ -445,10 +564,11 @@ def fixed_iterations(problem: ConvexProblem, reg: float, tol: float, linear: boo
     """
     alpha = _validation.check_positive_float(reg, "reg")
     tol = _validation.check_positive_float(tol, "tol")
-    kappa = (problem.smoothness + alpha) / alpha
-    f0 = problem.lipschitz**2 / (2.0 * alpha)
+    scale = max(1.0, _validation.check_positive_float(ratio, "ratio"))
+    kappa = (scale * problem.smoothness + alpha) / alpha
+    f0 = (scale * problem.lipschitz) ** 2 / (2.0 * alpha)
     if not linear:
-        f0 = min(f0, problem.loss_at_zero)
+        f0 = min(f0, scale * problem.loss_at_zero)
     steps = math.sqrt(kappa) * math.log(2.0 * alpha * (1.0 + kappa) * f0 / tol**2)
     return max(0, math.ceil(steps))
 
@@ -472,7 +592,9 @@ def solve(
     every column's gradient norm is at most `tol` (then it is within ``tol / reg``
     of the minimizer, by strong convexity). If not, :func:`fixed_iterations` steps
     of Nesterov's accelerated gradient from x0, a number computed from public
-    constants only, reach ``tol / reg``. ``reg = l2_reg + extra_reg``.
+    constants only, reach ``tol / reg``. ``reg = l2_reg + extra_reg``. The
+    objective's normalizer is ``problem.normalizer_for(n)`` (N if the problem has
+    a public normalizer, else the number n of rows).
 
     Args:
       problem: the model.
@@ -482,7 +604,7 @@ def solve(
       max_iter: L-BFGS iterations at most, >= 0; 0 runs the fixed accelerated
         steps alone, whose running time is then data-independent too.
       extra_reg: added to ``problem.l2_reg`` (>= 0).
-      linear: a linear term (the objective adds ``<linear, theta> / n``).
+      linear: a linear term (the objective adds ``<linear, theta> / N``).
       init: a warm start for L-BFGS only, shape (d', columns).
 
     Returns:
@@ -511,11 +633,13 @@ def solve(
     tol = _validation.check_positive_float(tol, "tol", "1e-6")
     max_iter = _validation.check_nonnegative_int(max_iter, "max_iter", "500")
     reg_f = problem.l2_reg + float(extra_reg)
-    n = x.shape[0]
+    n = int(x.shape[0])
+    big_n = problem.normalizer_for(n)  # J's normalizer N (n without a public normalizer)
+    norm = jnp.float32(big_n)
     theta0 = problem.init_params(x.shape[1])
     lin = jnp.zeros_like(theta0) if linear is None else jnp.asarray(linear, jnp.float32)
     if linear is not None:
-        theta0 = -lin / jnp.float32(n * reg_f)  # the minimizer of the regularizer + linear term
+        theta0 = -lin / jnp.float32(big_n * reg_f)  # the minimizer of the regularizer + linear
     start = theta0
     if init is not None:
         if np.shape(init) != theta0.shape:
@@ -528,29 +652,31 @@ def solve(
     )
     reg = jnp.float32(reg_f)
     if problem.loss == "ridge":
-        return Solution(params=_ridge_solve(x, t, lin, reg), distance=tol / reg_f)
+        return Solution(params=_ridge_solve(x, t, lin, reg, norm), distance=tol / reg_f)
     if max_iter > 0:
         params = _lbfgs_loop(
-            spec, jnp.int32(max_iter), x, t, lin, reg, start, jnp.float32(0.5 * tol)
+            spec, jnp.int32(max_iter), x, t, lin, reg, start, jnp.float32(0.5 * tol), norm
         )
-        grad_norm = np.asarray(_grad_norms(spec, x, t, lin, reg, params), np.float64)
+        grad_norm = np.asarray(_grad_norms(spec, x, t, lin, reg, params, norm), np.float64)
         if np.all(grad_norm <= tol):  # within tol / reg of the minimizer: keep it
             return Solution(params=params, distance=tol / reg_f)
-    steps = fixed_iterations(problem, reg_f, tol, linear is not None)
-    root = math.sqrt((problem.smoothness + reg_f) / reg_f)
+    ratio = max(1.0, n / big_n)  # the data term is up to n / N times a mean
+    steps = fixed_iterations(problem, reg_f, tol, linear is not None, ratio)
+    beta = ratio * problem.smoothness
+    root = math.sqrt((beta + reg_f) / reg_f)
     params = _accelerated(
         spec, x, t, lin, reg, theta0,
-        jnp.float32(1.0 / (problem.smoothness + reg_f)),
+        jnp.float32(1.0 / (beta + reg_f)),
         jnp.float32((root - 1.0) / (root + 1.0)),
-        jnp.int32(steps),
+        jnp.int32(steps), norm,
     )  # fmt: skip
     return Solution(params=params, distance=tol / reg_f)
 
 
 @jax.jit(static_argnums=0)
-def _accelerated(problem, x, t, linear, reg, theta0, step, momentum, steps):
+def _accelerated(problem, x, t, linear, reg, theta0, step, momentum, steps, norm=None):
     """Nesterov's constant-momentum scheme (Bubeck 2015, eq. 3.17): `steps` steps, no stop."""
-    grad = jax.grad(objective(problem, x, t, reg, linear))
+    grad = jax.grad(objective(problem, x, t, reg, linear, norm))
 
     def body(_, carry):
         xk, yk = carry
@@ -562,25 +688,25 @@ def _accelerated(problem, x, t, linear, reg, theta0, step, momentum, steps):
 
 
 @jax.jit
-def _ridge_solve(x, t, linear, reg):
-    n = x.shape[0]
+def _ridge_solve(x, t, linear, reg, n=None):
+    n = x.shape[0] if n is None else n
     gram = x.T @ x / n + reg * jnp.eye(x.shape[1], dtype=x.dtype)
     return jnp.linalg.solve(gram, x.T @ t / n - linear / n)
 
 
 @jax.jit(static_argnums=0)
-def _grad_norms(problem, x, t, linear, reg, params):
+def _grad_norms(problem, x, t, linear, reg, params, norm=None):
     """Per column (OvR, binary, ridge) or of the whole matrix (multinomial)."""
-    grads = jax.grad(objective(problem, x, t, reg, linear))(params)
+    grads = jax.grad(objective(problem, x, t, reg, linear, norm))(params)
     if problem.loss == "multinomial":
         return jnp.linalg.norm(grads)[None]
     return jnp.linalg.norm(grads, axis=0)
 
 
 @jax.jit(static_argnums=0)
-def _lbfgs_loop(problem, max_iter, x, t, linear, reg, theta0, tol):
+def _lbfgs_loop(problem, max_iter, x, t, linear, reg, theta0, tol, norm=None):
     """L-BFGS until the gradient norm is below `tol` or `max_iter` (traced) iterations."""
-    fun = objective(problem, x, t, reg, linear)
+    fun = objective(problem, x, t, reg, linear, norm)
     opt = optax.lbfgs(memory_size=20)  # zoom line search (strong Wolfe)
     value_and_grad = optax.value_and_grad_from_state(fun)
 
