@@ -55,3 +55,20 @@ def test_benchmark_runs_each_mechanism_on_tiny_data():
         assert 0.0 <= p["test_accuracy_mean"] <= 1.0
     goals = convex.goals(points)
     assert goals["digits_eps1_ge_90"]["met"] is False  # no digits point: not met, never claimed
+
+
+def test_benchmark_private_mean_is_recorded_first_and_composes_within_epsilon():
+    sys.path.insert(0, str(BENCH))
+    convex = importlib.import_module("convex")
+    gaussian = {k: v for k, v in convex.MECHANISMS.items() if v[:3] == (
+        "multinomial", "output-perturbation", "gaussian")}  # fmt: skip
+    grid = {"l2_reg": [0.1], "data_norm": [2.0], "centre": ["private-mean(ratio=2)"]}
+    points = convex.run_convex(_tiny(), "tiny", [1.0], range(2), grid, range(1), gaussian)
+    assert len(points) == 2
+    for p in points:
+        assert [r["kind"] for r in p["records"]] == ["gaussian", "gaussian"]  # mean, then output
+        mean_sigma, out_sigma = (r["noise_multiplier"] for r in p["records"])
+        assert mean_sigma == pytest.approx(2 * out_sigma, rel=1e-3)  # out: private_fit calibrates
+        assert max(p["epsilon_spent_per_seed"]) <= 1.0
+    assert {p["neighbours"] for p in points} == {"add-remove", "replace-one"}
+    assert points[0]["normalizer"] == 24 and "L / (N lambda)" in points[0]["sensitivity_rule"]
