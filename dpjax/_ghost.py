@@ -155,7 +155,7 @@ def ghost_clipped_grads(
     `losses_fn(params, batch)` returns the vector of per-example losses `(B,)`,
     computed on the whole batch at once, by a model whose every parameter lives
     in a ghost layer: :class:`GhostLinear`, :class:`GhostConv`,
-    :class:`GhostEmbed`, :class:`GhostLayerNorm` (NNX), :class:`GhostDense`
+    :class:`GhostEmbed`, :class:`GhostLayerNorm`, :class:`GhostGroupNorm` (NNX), :class:`GhostDense`
     (linen), or the functions :func:`ghost_dense`, :func:`ghost_conv`,
     :func:`ghost_embed`, :func:`ghost_scale_shift`, and that does not mix
     examples. One backward pass gives each layer's output gradients `g`; with
@@ -385,7 +385,7 @@ def _discover(losses_fn: Callable, params: PyTree, batch: PyTree, b: int) -> tup
     if read or sorted(used) != list(range(n)):
         raise ValueError(
             "ghost clipping needs every parameter to be used, unchanged, by exactly one ghost "
-            "layer (GhostLinear/GhostConv/GhostEmbed/GhostLayerNorm/GhostDense or the ghost_* "
+            "layer (GhostLinear/GhostConv/GhostEmbed/GhostLayerNorm/GhostGroupNorm/GhostDense or the ghost_* "
             f"functions) and nowhere else; the ghost layers used {len(used)} arrays (and the "
             f"model reads parameters of shapes {[shapes[i] for i in sorted(read)]} outside them) "
             f"but the model has {n} parameters of shapes {shapes}. Use "

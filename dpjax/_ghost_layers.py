@@ -584,6 +584,64 @@ class GhostLayerNorm(nnx.LayerNorm):
         return ghost_scale_shift(normed, scale, bias)
 
 
+class GhostGroupNorm(nnx.GroupNorm):
+    """`nnx.GroupNorm` (channels last) whose gradients :func:`ghost_clipped_grads` can clip.
+
+    Same parameters and result as `nnx.GroupNorm` with the default reduction
+    axes: each example's channels are split into `num_groups` groups and every
+    group is normalised over all of the example's other axes (spatial positions)
+    and its own channels, then scaled and shifted per channel. Each example is
+    normalised with its own statistics, so it does not mix examples (unlike
+    BatchNorm).
+
+    Raises:
+      ValueError: for `reduction_axes`, a dtype, `axis_name`, or an input
+        without an example axis and a channel axis.
+
+    Example:
+      >>> import flax.nnx as nnx, jax.numpy as jnp, dpjax
+      >>> norm = dpjax.ghost.GhostGroupNorm(4, num_groups=2, rngs=nnx.Rngs(0))
+      >>> norm(jnp.arange(24.0).reshape(2, 3, 4)).shape
+      (2, 3, 4)
+
+    **Privacy:** the per-example gradients of `scale` and `bias` (one number
+    per channel each) are materialized and clipped with the rest of the
+    example's gradient, as :func:`ghost_scale_shift` does.
+
+    References:
+      Wu, He, "Group Normalization", ECCV 2018, https://arxiv.org/abs/1803.08494.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _refuse(
+            "GhostGroupNorm",
+            {
+                "reduction_axes": (self.reduction_axes, self.reduction_axes is not None),
+                "dtype": (self.dtype, self.dtype is not None),
+                "axis_name": (self.axis_name, self.axis_name is not None),
+            },
+        )
+
+    def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:  # type: ignore[override]
+        if mask is not None:
+            raise ValueError("GhostGroupNorm does not support mask=; leave it None.")
+        if x.ndim < 2:
+            raise ValueError(
+                f"GhostGroupNorm got x of shape {x.shape}; pass (batch, ..., channels)."
+            )
+        grouped = x.reshape(*x.shape[:-1], self.num_groups, self.group_size)
+        axes = (*range(1, x.ndim - 1), x.ndim)  # the example's positions and the group's channels
+        mean = jnp.mean(grouped, axis=axes, keepdims=True)
+        var = jnp.mean(jnp.square(grouped - mean), axis=axes, keepdims=True)
+        normed = ((grouped - mean) * lax.rsqrt(var + self.epsilon)).reshape(x.shape)
+        scale = self.scale[...] if self.scale is not None else None
+        bias = self.bias[...] if self.bias is not None else None
+        if scale is None and bias is None:
+            return normed
+        return ghost_scale_shift(normed, scale, bias)
+
+
 class GhostDense(nn.Dense):
     """`flax.linen.Dense` whose gradients :func:`ghost_clipped_grads` can clip per example.
 

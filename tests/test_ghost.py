@@ -186,12 +186,16 @@ def test_trainer_ghost_and_vmap_paths_train_the_same_model():
 
 
 @pytest.mark.standard_promotion  # runs optax.adam
-def test_trainer_refuses_ghost_for_a_model_with_groupnorm():
-    with pytest.raises(ValueError, match="clipping='ghost'"):
-        dpjax.training.train(
-            dpjax.training.TrainConfig(dataset="digits", model="gn-cnn", steps=1, clipping="ghost"),
-            progress=False,
-        )
+def test_trainer_clips_the_groupnorm_cnn_by_ghost_clipping_as_by_vmap():
+    data = dpjax.load_dataset("synthetic", seed=0, num_examples=300, input_shape=(7, 7, 3))
+    cfg = dict(dataset="synthetic", model="gn-cnn", steps=2, batch_size=32, seed=0, eval_every=2)
+    ghost = dpjax.training.train(dpjax.training.TrainConfig(**cfg), dataset=data, progress=False)
+    vmap = dpjax.training.train(
+        dpjax.training.TrainConfig(**cfg, clipping="vmap"), dataset=data, progress=False
+    )
+    assert ghost.summary["clipping"] == "ghost" and vmap.summary["clipping"] == "vmap"
+    for a, b in zip(jax.tree.leaves(ghost.params), jax.tree.leaves(vmap.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
 class _TiedPlusShadow(nnx.Module):
@@ -272,14 +276,14 @@ def _ghost_models():
 
 
 def test_the_standard_models_that_ghost_clipping_covers():
-    assert _ghost_models() == ["logreg", "mlp", "cnn", "linen-mlp"]
+    assert _ghost_models() == ["logreg", "mlp", "cnn", "gn-cnn", "linen-mlp"]
 
 
-@pytest.mark.parametrize("name", ["logreg", "mlp", "cnn", "linen-mlp"])
+@pytest.mark.parametrize("name", ["logreg", "mlp", "cnn", "gn-cnn", "linen-mlp"])
 def test_every_ghost_model_under_jit_equals_an_eager_loop_over_single_examples(name, monkeypatch):
     # 7 rows in chunks of 3 (3 + 3 + 1): the per-example loops' remainder is covered too.
     monkeypatch.setattr(dpjax._ghost, "_CHUNK", 3)
-    shape = (28, 28, 1) if name == "cnn" else (8, 8, 1)
+    shape = (28, 28, 1) if name == "cnn" else (7, 7, 3) if name == "gn-cnn" else (8, 8, 1)
     fm = dpjax.make_model(name, shape, 10, seed=0)
     x = 2.0 * jax.random.uniform(jax.random.key(1), (7, *shape))
     x = x.at[4].set(jnp.nan)  # a non-finite row: dropped and counted
@@ -451,6 +455,51 @@ def test_ghost_embed_and_layernorm_match_flax():
     np.testing.assert_allclose(ln(x), plain_ln(x), rtol=1e-4, atol=1e-5)
 
 
+def test_ghost_groupnorm_matches_flax():
+    x = jax.random.normal(jax.random.key(0), (3, 5, 5, 8)) * 3 + 1
+    for groups in (1, 4, 8):
+        ghost, plain = (
+            dpjax.ghost.GhostGroupNorm(8, num_groups=groups, rngs=nnx.Rngs(0)),
+            nnx.GroupNorm(8, num_groups=groups, rngs=nnx.Rngs(0)),
+        )
+        for layer in (ghost, plain):
+            layer.scale[...] = jnp.arange(1.0, 9.0)
+            layer.bias[...] = jnp.arange(8.0) / 10
+        np.testing.assert_allclose(ghost(x), plain(x), rtol=1e-4, atol=2e-5)
+    no_affine = dpjax.ghost.GhostGroupNorm(
+        8, num_groups=2, use_scale=False, use_bias=False, rngs=nnx.Rngs(0)
+    )
+    flax_no_affine = nnx.GroupNorm(
+        8, num_groups=2, use_scale=False, use_bias=False, rngs=nnx.Rngs(0)
+    )
+    np.testing.assert_allclose(no_affine(x), flax_no_affine(x), rtol=1e-4, atol=2e-5)
+    with pytest.raises(ValueError, match="batch, ..., channels"):
+        dpjax.ghost.GhostGroupNorm(8, num_groups=2, rngs=nnx.Rngs(0))(jnp.ones(8))
+
+
+class _GroupNormBlock(nnx.Module):
+    def __init__(self, rngs):
+        self.conv = dpjax.ghost.GhostConv(3, 8, (3, 3), rngs=rngs)
+        self.norm = dpjax.ghost.GhostGroupNorm(8, num_groups=2, rngs=rngs)
+        self.head = dpjax.ghost.GhostLinear(8, 3, rngs=rngs)
+
+    def __call__(self, x):
+        return self.head(jnp.tanh(self.norm(self.conv(x))).mean(axis=(1, 2)))
+
+
+def test_groupnorm_block_under_jit_equals_an_eager_loop(monkeypatch):
+    monkeypatch.setattr(dpjax._ghost, "_CHUNK", 4)
+    graphdef, params = nnx.split(_GroupNormBlock(nnx.Rngs(0)), nnx.Param)
+    # Non-trivial scale and bias, so their per-example gradients matter to the norms.
+    params["norm"]["scale"][...] = jnp.linspace(0.5, 2.0, 8)
+    params["norm"]["bias"][...] = jnp.linspace(-0.3, 0.3, 8)
+    x = jax.random.normal(jax.random.key(2), (9, 6, 6, 3)) * 2
+    y = jnp.arange(9) % 3
+    mask = jnp.array([True] * 6 + [False, True, True])
+    stats = _check_against_eager(lambda p, v: nnx.merge(graphdef, p)(v), params, x, y, mask, c=0.1)
+    assert int(stats.num_clipped) >= 1
+
+
 def test_transformer_from_ghost_layers_under_jit_equals_an_eager_loop(monkeypatch):
     monkeypatch.setattr(dpjax._ghost, "_CHUNK", 4)
     graphdef, params = nnx.split(_TinyTransformer(11, 6, 8, nnx.Rngs(0)), nnx.Param)
@@ -484,8 +533,10 @@ def test_ghost_scale_shift_validates_shapes(scale_shape, shift_shape):
     [
         lambda: dpjax.ghost.GhostLayerNorm(4, reduction_axes=(-2, -1), rngs=nnx.Rngs(0)),
         lambda: dpjax.ghost.GhostEmbed(4, 2, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)),
+        lambda: dpjax.ghost.GhostGroupNorm(4, num_groups=2, reduction_axes=-1, rngs=nnx.Rngs(0)),
+        lambda: dpjax.ghost.GhostGroupNorm(4, num_groups=2, axis_name="i", rngs=nnx.Rngs(0)),
     ],
-    ids=["layernorm-axes", "embed-dtype"],
+    ids=["layernorm-axes", "embed-dtype", "groupnorm-axes", "groupnorm-axis-name"],
 )
 def test_ghost_norm_and_embed_refuse_options_they_cannot_clip(build):
     with pytest.raises(ValueError, match="does not support"):

@@ -12,6 +12,7 @@ from dpjax._ghost import is_ghost_compatible as is_ghost_compatible
 from dpjax._ghost_layers import GhostConv as GhostConv
 from dpjax._ghost_layers import GhostDense as GhostDense
 from dpjax._ghost_layers import GhostEmbed as GhostEmbed
+from dpjax._ghost_layers import GhostGroupNorm as GhostGroupNorm
 from dpjax._ghost_layers import GhostLayerNorm as GhostLayerNorm
 from dpjax._ghost_layers import GhostLinear as GhostLinear
 from dpjax._ghost_layers import ghost_conv as ghost_conv

@@ -23,7 +23,7 @@ from flax import linen as nn
 from flax import nnx
 
 from dpjax import _validation
-from dpjax.ghost import GhostConv, GhostDense, GhostLinear
+from dpjax.ghost import GhostConv, GhostDense, GhostGroupNorm, GhostLinear
 
 MODEL_NAMES = ("logreg", "mlp", "cnn", "gn-cnn", "linen-mlp", "linen-cnn")
 
@@ -223,7 +223,10 @@ class GroupNormCNN(nnx.Module):
 
     GroupNorm normalises each example with its own statistics, so examples
     stay independent and per-example clipping bounds each one's influence;
-    it is the DP-safe replacement for BatchNorm.
+    it is the DP-safe replacement for BatchNorm. Built from ghost layers
+    (:class:`dpjax.ghost.GhostConv`, :class:`dpjax.ghost.GhostGroupNorm`,
+    :class:`dpjax.ghost.GhostLinear`: the flax layers' parameters and
+    results), so the trainer's ``clipping='auto'`` clips it by ghost clipping.
 
     Args:
       num_classes: Number of classes (logits).
@@ -243,11 +246,11 @@ class GroupNormCNN(nnx.Module):
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, *, rngs: nnx.Rngs):
         in_channels = _validation.check_positive_int(in_channels, "in_channels", "1")
-        self.conv1 = nnx.Conv(in_channels, 32, (3, 3), rngs=rngs)
-        self.norm1 = nnx.GroupNorm(32, num_groups=8, rngs=rngs)
-        self.conv2 = nnx.Conv(32, 64, (3, 3), 2, rngs=rngs)
-        self.norm2 = nnx.GroupNorm(64, num_groups=8, rngs=rngs)
-        self.head = nnx.Linear(64, _check_classes(num_classes), rngs=rngs)
+        self.conv1 = GhostConv(in_channels, 32, (3, 3), rngs=rngs)
+        self.norm1 = GhostGroupNorm(32, num_groups=8, rngs=rngs)
+        self.conv2 = GhostConv(32, 64, (3, 3), 2, rngs=rngs)
+        self.norm2 = GhostGroupNorm(64, num_groups=8, rngs=rngs)
+        self.head = GhostLinear(64, _check_classes(num_classes), rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = jnp.tanh(self.norm1(self.conv1(x)))
