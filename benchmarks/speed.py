@@ -46,6 +46,12 @@ through ``dpjax.add_gaussian_noise``), on 2e5 and 1e7 coordinates (skip it with
 Gaussian (``sampler="discrete"``, host side, OS CSPRNG) against the float one, on 1e4 and
 2e5 coordinates (skip it with ``--no-secure-noise``).
 
+Every JAX record also holds ``xla_flops`` (XLA's cost analysis of the compiled
+step), and ``machine_peak`` the best float32 matmul rate measured in the same run:
+``floor_ms = xla_flops / rate`` is a floor on the step's time and
+``floor_fraction = floor_ms / median_ms`` how close each path comes to it.
+``--flops-only`` adds them to an existing JSON without re-timing anything.
+
 The same script runs unchanged on a GPU (JAX and torch pick it up).
 """
 
@@ -56,6 +62,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import resource
 import statistics
 import subprocess
@@ -308,17 +315,19 @@ def make_jax_step(framework: str, mode: str, apply, batch_size: int, microbatch:
 
 def time_compiled(
     fn, args, steps: int, warmup: int, carry: bool
-) -> tuple[float, list[float], Any, float | None]:
+) -> tuple[float, list[float], Any, float | None, float | None]:
     """Compiles ``fn`` (jit) for ``args``, runs it.
 
     With ``carry``, the first two outputs are fed back as the first two inputs
     (params, optimizer state), as in training; the inputs are donated.
 
     Returns:
-      ``(compile_s, step_times_s, last_out, xla_step_mb)``; ``xla_step_mb`` is the
-      compiled step's own memory from XLA's buffer assignment (arguments +
-      outputs + temporaries - donated aliases), free of interpreter, compiler and
-      allocator noise; None where the backend does not report it.
+      ``(compile_s, step_times_s, last_out, xla_step_mb, xla_flops)``;
+      ``xla_step_mb`` is the compiled step's own memory from XLA's buffer
+      assignment (arguments + outputs + temporaries - donated aliases), free of
+      interpreter, compiler and allocator noise; ``xla_flops`` the floating-point
+      operations of one step by XLA's cost analysis; None where the backend does
+      not report them.
     """
     import jax
 
@@ -329,6 +338,8 @@ def time_compiled(
     compiled = jitted.lower(*args).compile()
     compile_s = time.perf_counter() - t0
     step_mb = _xla_step_mb(compiled)
+    flops = _xla_flops(compiled)
+    _LOOPS["count"] = _xla_loops(compiled)
     reset_peak_rss()  # the step peak below excludes the compiler's own memory
     args = list(args)
     times = []
@@ -340,7 +351,78 @@ def time_compiled(
             times.append(time.perf_counter() - t0)
         if carry:
             args[0], args[1] = out
-    return compile_s, times, out, step_mb
+    return compile_s, times, out, step_mb, flops
+
+
+def _xla_flops(compiled) -> float | None:
+    """One step's floating-point operations by XLA's cost analysis (None if not reported).
+
+    A while loop's body is counted once (see :func:`_xla_loops`).
+    """
+    try:
+        cost = compiled.cost_analysis()
+    except (AttributeError, NotImplementedError, TypeError, RuntimeError):
+        return None
+    if isinstance(cost, list | tuple):  # older JAX: one dict per computation
+        cost = cost[0] if cost else {}
+    flops = (cost or {}).get("flops")
+    return None if flops is None or flops < 0 else float(flops)
+
+
+_LOOPS: dict[str, int | None] = {"count": None}  # while loops of the last compiled step
+
+
+def _xla_loops(compiled) -> int | None:
+    """A compiled step's while loops, but the PRNG's: XLA's cost analysis counts each body ONCE.
+
+    The threefry loops (integer work only, no flops) are left out.
+    """
+    try:
+        text = compiled.as_text()
+    except (AttributeError, NotImplementedError, TypeError, RuntimeError):
+        return None
+    loops = [ln for ln in text.splitlines() if re.search(r"\bwhile\(", ln)]
+    return sum(not re.search(r"threefry|random_bits|_uniform|_standard_normal", ln) for ln in loops)
+
+
+def run_peak(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The machine's measured dense-matmul rate (float32), the denominator of every floor.
+
+    Best of ``steps`` jitted ``(n, n) @ (n, n)`` products for each n: the rate the
+    backend reaches on the operation it runs fastest, so ``flops / rate`` is a
+    floor on a step's time that no implementation on this device beats by much.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    rows = []
+    for n in cfg["sizes"]:
+        a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+        b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+        matmul = jax.jit(lambda x, y: x @ y).lower(a, b).compile()
+        jax.block_until_ready(matmul(a, b))
+        best = math.inf
+        for _ in range(cfg["steps"]):
+            t0 = time.perf_counter()
+            jax.block_until_ready(matmul(a, b))
+            best = min(best, time.perf_counter() - t0)
+        rows.append({"n": n, "best_ms": best * 1e3, "gflops": 2 * n**3 / best / 1e9})
+    return {"rows": rows, "peak_gflops": max(r["gflops"] for r in rows), "device": jax_device()}
+
+
+def add_floors(records: list[dict[str, Any]], peak_gflops: float | None) -> None:
+    """Adds ``floor_ms`` (XLA flops / the measured matmul rate) and ``floor_fraction``.
+
+    ``floor_fraction = floor_ms / median_ms``: how close a step comes to the time
+    its arithmetic alone would take at the machine's best rate (1.0 = at the floor).
+    """
+    for r in records:
+        flops = r.get("xla_flops")
+        if not flops or not peak_gflops:
+            continue
+        r["floor_ms"] = flops / (peak_gflops * 1e9) * 1e3
+        if r.get("median_ms"):
+            r["floor_fraction"] = r["floor_ms"] / r["median_ms"]
 
 
 def _xla_step_mb(compiled) -> float | None:
@@ -392,13 +474,15 @@ def run_jax_config(cfg: dict[str, Any]) -> dict[str, Any]:
     mask = jnp.ones((b,), bool)
     step, tx = make_jax_step(cfg["framework"], cfg["mode"], apply, b, cfg.get("microbatch"))
     n = num_params(params)
-    compile_s, times, _, step_mb = time_compiled(
+    compile_s, times, _, step_mb, flops = time_compiled(
         step, (params, tx.init(params), x, y, mask), cfg["steps"], cfg["warmup"], True
     )
     return {
         **_summary(times),
         "compile_s": compile_s,
         "xla_step_mb": step_mb,
+        "xla_flops": flops,
+        "xla_while_loops": _LOOPS["count"],
         "num_params": n,
         "peak_device_mb": jax_peak_device_mb(),
         "device": jax_device(),
@@ -453,13 +537,13 @@ def run_jax_breakdown(cfg: dict[str, Any]) -> dict[str, Any]:
     }
     out: dict[str, Any] = {}
     for name, fn in pieces.items():
-        _, times, _, _ = time_compiled(
+        _, times, _, _, _ = time_compiled(
             fn, (params, agg_state, x, y, mask), cfg["steps"], cfg["warmup"], False
         )
         out[name] = 1e3 * statistics.median(times)
     for mode in ("dp_sgd", "ghost"):
         step, tx = make_jax_step("dpjax", mode, apply, b)
-        _, times, _, _ = time_compiled(
+        _, times, _, _, _ = time_compiled(
             step, (params, tx.init(params), x, y, mask), cfg["steps"], cfg["warmup"], True
         )
         out[f"full_{mode}_step"] = 1e3 * statistics.median(times)
@@ -647,6 +731,8 @@ def worker_main(cfg: dict[str, Any]) -> None:
             rec = run_secure_noise(cfg)
         elif cfg["mode"] == "breakdown":
             rec = run_jax_breakdown(cfg)
+        elif cfg["mode"] == "peak":
+            rec = run_peak(cfg)
         else:
             rec = run_jax_config(cfg)
     rec["rss_start_mb"] = start
@@ -806,6 +892,78 @@ def print_table(records: list[dict[str, Any]]) -> None:
         )
 
 
+FLOOR_METHOD = (
+    "xla_flops: one compiled step's floating-point operations by XLA's cost analysis "
+    "(compiled.cost_analysis()['flops']; elementwise work and the noise sampler count too). "
+    "machine_peak: the best float32 (n, n) @ (n, n) rate of this device, measured in the same "
+    "run. floor_ms = xla_flops / that rate: no step can take much less; floor_fraction = "
+    "floor_ms / median_ms is how close each path comes to it (small models on CPU are bound by "
+    "memory traffic and per-op overheads, not by arithmetic). XLA counts a while loop's body "
+    "ONCE, not once per trip (xla_while_loops, the loops other than the PRNG's integer-only "
+    "threefry loop, > 0: lax.scan over microbatches, chunked per-example maps): such a step's "
+    "count, and floor, "
+    "are too low; the non-private step's floor is then the floor that every DP path must beat"
+)
+
+
+def measure_peak(script: pathlib.Path, quick: bool = False) -> dict[str, Any]:
+    """The matmul rate, in its own subprocess (the floor's denominator)."""
+    sizes = [512, 1024] if quick else [512, 1024, 2048]
+    return run_in_subprocess(
+        {"framework": "dpjax", "mode": "peak", "sizes": sizes, "steps": 5 if quick else 10}, script
+    )
+
+
+def add_flops_to_existing(json_path: pathlib.Path, script: pathlib.Path) -> None:
+    """``--flops-only``: XLA flop counts and floors added to an existing run's records.
+
+    The flop count is a property of the compiled program, not a measurement, so it
+    can be added to records timed earlier; the matmul rate is measured now (and
+    the JSON says so). Every JAX record without a count is compiled again in a
+    fresh subprocess (one untimed step); nothing is re-timed. Run again, it only
+    measures the rate again.
+    """
+    payload = json.loads(json_path.read_text())
+    for r in payload["records"]:
+        if FAMILY.get(r.get("framework")) != "jax" or "median_ms" not in r or "xla_flops" in r:
+            continue  # torch, failed or skipped, or counted by an earlier --flops-only
+        cfg = {k: r[k] for k in ("framework", "mode", "model", "batch_size") if k in r}
+        cfg.update(steps=1, warmup=0)
+        if r.get("microbatch"):
+            cfg["microbatch"] = r["microbatch"]
+        got = run_in_subprocess(cfg, script)
+        r["xla_flops"] = got.get("xla_flops")
+        r["xla_while_loops"] = got.get("xla_while_loops")
+        print(
+            f"  {cfg['framework']}/{cfg['mode']} {cfg['model']} B={cfg['batch_size']}: "
+            f"{(r['xla_flops'] or float('nan')) / 1e9:.3f} GFLOP",
+            flush=True,
+        )
+    peak = measure_peak(script)
+    add_floors(payload["records"], peak.get("peak_gflops"))
+    payload["machine_peak"] = {
+        **peak,
+        "note": "measured by --flops-only on "
+        + time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        + "; the timings are from the run described by 'machine'",
+    }
+    payload["floor_method"] = FLOOR_METHOD
+    common.write_json(json_path, payload)
+    print_floors(payload["records"], peak.get("peak_gflops"))
+
+
+def print_floors(records: list[dict[str, Any]], peak_gflops: float | None) -> None:
+    print(f"machine peak (float32 matmul): {peak_gflops or float('nan'):.1f} GFLOP/s")
+    for r in records:
+        if "floor_ms" in r:
+            print(
+                f"{r['framework']:9} {r['mode']:12} {r['model']:11} {r['batch_size']:>5} "
+                f"{r['xla_flops'] / 1e9:>9.3f} GFLOP  floor {r['floor_ms']:>8.2f} ms  "
+                f"median {r.get('median_ms', float('nan')):>8.2f} ms  "
+                f"at {100 * r.get('floor_fraction', float('nan')):>5.1f} % of the floor rate"
+            )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="few models and batch sizes, 20 steps")
@@ -824,17 +982,26 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="skip the timing of the noise stage with sampler='discrete' against 'float'",
     )
+    parser.add_argument(
+        "--flops-only",
+        action="store_true",
+        help="add XLA flop counts and the measured matmul floor to the records of an existing "
+        "--json-out (each JAX step compiled again, nothing re-timed), then rewrite it",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         worker_main(json.loads(args.worker))
+        return
+    script = pathlib.Path(__file__).resolve()
+    if args.flops_only:
+        add_flops_to_existing(args.json_out, script)
         return
 
     import _torch_baselines
 
     plan = QUICK if args.quick else FULL
     have_torch = _torch_baselines.torch_available() and not args.no_torch
-    script = pathlib.Path(__file__).resolve()
     records: list[dict[str, Any]] = []
     t_start = time.perf_counter()
     for model, b in plan["grid"]:
@@ -903,6 +1070,8 @@ def main(argv: list[str] | None = None) -> None:
             script,
         )
     add_ratios(records)
+    peak = measure_peak(script, quick=args.quick)
+    add_floors(records, peak.get("peak_gflops"))
     payload = {
         "benchmark": "speed",
         "quick": args.quick,
@@ -916,11 +1085,14 @@ def main(argv: list[str] | None = None) -> None:
         "dpjax_breakdown": breakdown,
         "noise_sampler": noise_sampler,
         "secure_noise": secure_noise,
+        "machine_peak": peak,
+        "floor_method": FLOOR_METHOD,
         "wall_s": time.perf_counter() - t_start,
     }
     common.write_json(args.json_out, payload)
     plot(records, args.json_out.with_suffix(".png"))
     print_table(records)
+    print_floors(records, peak.get("peak_gflops"))
     for row in payload["dpjax_vs_opacus"]:
         print(
             f"{row['model']} B={row['batch_size']}: dpjax {row['dpjax_best']} "

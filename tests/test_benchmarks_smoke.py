@@ -43,11 +43,14 @@ def test_jax_step_runs_jitted_and_changes_params(framework, mode, model):
     apply, params = speed.jax_model(model, spec)
     x, y = speed.jax_inputs(model, spec, 8)
     step, tx = speed.make_jax_step(framework, mode, apply, 8, microbatch=4)
-    _, times, (new_params, _), step_mb = speed.time_compiled(
+    _, times, (new_params, _), step_mb, flops = speed.time_compiled(
         step, (params, tx.init(params), x, y, jnp.ones(8, bool)), steps=2, warmup=0, carry=True
     )
     assert len(times) == 2 and all(t > 0 for t in times)
     assert step_mb is not None and step_mb > 0
+    # At least the forward matmuls and the weight gradients of the batch: 2 * 2 * B * weights.
+    weights = sum(v.size for v in jax.tree.leaves(params) if jnp.ndim(v) == 2)
+    assert flops is not None and flops >= 4 * 8 * weights, (flops, weights)
     moved = jax.tree.map(lambda a, b: jnp.any(a != b), params, new_params)
     assert any(jax.tree.leaves(moved))
     assert all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(new_params))
@@ -97,6 +100,27 @@ def test_transformer_ghost_clipping_equals_vmap_clipping():
     )(params, (x, y))
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_xla_flops_count_a_matmul_exactly_and_floors_follow():
+    a, b = jnp.ones((32, 64)), jnp.ones((64, 16))
+    compiled = jax.jit(lambda x, y: x @ y).lower(a, b).compile()
+    assert speed._xla_flops(compiled) == 2 * 32 * 64 * 16
+    assert speed._xla_loops(compiled) == 0
+    scan = jax.jit(lambda x: jax.lax.scan(lambda c, m: (c + m @ m, None), x[0], x)[0])
+    assert speed._xla_loops(scan.lower(jnp.ones((3, 8, 8))).compile()) == 1
+    recs = [
+        {"framework": "dpjax", "mode": "ghost", "xla_flops": 4e9, "median_ms": 20.0},
+        {"framework": "dpjax", "mode": "non-private", "xla_flops": None, "median_ms": 5.0},
+    ]
+    speed.add_floors(recs, peak_gflops=400.0)
+    assert recs[0]["floor_ms"] == pytest.approx(10.0) and recs[0]["floor_fraction"] == 0.5
+    assert "floor_ms" not in recs[1]
+
+
+def test_peak_rate_is_measured():
+    rec = speed.run_peak({"sizes": [64], "steps": 2})
+    assert rec["peak_gflops"] > 0 and rec["rows"][0]["n"] == 64
 
 
 def test_ratios_use_the_same_family_baseline():
