@@ -276,14 +276,14 @@ def _ghost_models():
 
 
 def test_the_standard_models_that_ghost_clipping_covers():
-    assert _ghost_models() == ["logreg", "mlp", "cnn", "gn-cnn", "linen-mlp"]
+    assert _ghost_models() == ["logreg", "mlp", "cnn", "gn-cnn", "scatter-cnn", "linen-mlp"]
 
 
-@pytest.mark.parametrize("name", ["logreg", "mlp", "cnn", "gn-cnn", "linen-mlp"])
+@pytest.mark.parametrize("name", ["logreg", "mlp", "cnn", "gn-cnn", "scatter-cnn", "linen-mlp"])
 def test_every_ghost_model_under_jit_equals_an_eager_loop_over_single_examples(name, monkeypatch):
     # 7 rows in chunks of 3 (3 + 3 + 1): the per-example loops' remainder is covered too.
     monkeypatch.setattr(dpjax._ghost, "_CHUNK", 3)
-    shape = (28, 28, 1) if name == "cnn" else (7, 7, 3) if name == "gn-cnn" else (8, 8, 1)
+    shape = (28, 28, 1) if name == "cnn" else (7, 7, 3) if "-cnn" in name else (8, 8, 1)
     fm = dpjax.make_model(name, shape, 10, seed=0)
     x = 2.0 * jax.random.uniform(jax.random.key(1), (7, *shape))
     x = x.at[4].set(jnp.nan)  # a non-finite row: dropped and counted
