@@ -748,6 +748,8 @@ def run_part_b(plan: CnnPlan, data, cache: str) -> dict[str, Any]:
             "none": "no combination",
         }[plan.combine],
         "points": points,
+        "run_wall_seconds_sum": sum(sum(p["wall_seconds_per_seed"]) for p in points),
+        "run_cpu_seconds_sum": sum(sum(p["cpu_seconds_per_seed"]) for p in points),
     }
 
 
@@ -853,18 +855,18 @@ def plot(payload: dict[str, Any], path: pathlib.Path) -> None:
             "0.5" if not p["levers"] else ("C1" if p.get("combination") else "C0") for p in pts
         ]
         ax.bar(range(len(pts)), means, yerr=errs, color=colors, capsize=3)
-        for x, m in enumerate(means):
-            ax.text(x, m + 0.1, f"{m:.2f}", ha="center", fontsize=7)
-        ax.set_xticks(range(len(pts)), names, fontsize=7)
+        for x, (m, e) in enumerate(zip(means, errs, strict=True)):
+            ax.text(x, m + e + 0.1, f"{m:.2f}", ha="center", fontsize=7)
+        ax.set_xticks(range(len(pts)), names, fontsize=7, rotation=30, ha="right")
         lo = min(means) if means else 80
-        ax.set_ylim(lo - 2, max(means + [88.0]) + 1)
+        ax.set_ylim(lo - 2, max(means + [88.0]) + 2)
         ax.axhline(88.0, color="C3", ls="--", lw=1, label="goal 88.0 % (eps = 3)")
         ax.axhline(86.47, color="k", ls=":", lw=1, label="published 40-epoch baseline 86.47 %")
         plan = b["plan"]
         run = f"{plan['steps']} steps" if plan["steps"] else f"{plan['epochs']:g} epochs"
         ax.set_title(f"B: DP CNN on Fashion-MNIST, {run}, {plan['seeds']} seed(s)", fontsize=9)
         ax.set_ylabel("test accuracy (%)")
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper left", ncol=2)
     common.save_figure(fig, path, "dpjax: levers that keep accuracy under privacy", dpi=130)
 
 
@@ -893,6 +895,34 @@ def print_tables(payload: dict[str, Any]) -> None:
         print("\npart_b:")
         for p in b["points"]:
             print(f"eps={p['epsilon']:g} {p['name']:<30} {_acc(p):<16} {p['n_seeds']} seed(s)")
+
+
+PARTS = ("part_a", "part_a_sensitivity", "part_b")
+
+
+def _keep_parts_not_rerun(payload: dict[str, Any], json_out: pathlib.Path) -> None:
+    """Carry the parts this invocation did not run over from the JSON it overwrites, unchanged,
+    and say so (``kept_from_previous_json``): `--parts B` must not erase part A's results."""
+    if not json_out.exists():
+        return
+    previous = json.loads(json_out.read_text())
+    kept = [key for key in PARTS if key not in payload and key in previous]
+    if not kept:
+        return
+    for key in kept:
+        payload[key] = previous[key]
+    before = previous.get("kept_from_previous_json", {})
+    payload["kept_from_previous_json"] = {
+        "parts": kept,
+        "note": "not rerun by this invocation: copied unchanged from the JSON it replaced; "
+        "'machine', 'cache' and the *_total seconds describe this invocation only",
+        "written_utc": {
+            key: before.get("written_utc", {}).get(
+                key, previous.get("machine", {}).get("timestamp_utc")
+            )
+            for key in kept
+        },
+    }
 
 
 def _override(plan: Any, **values: Any) -> Any:
@@ -1002,6 +1032,7 @@ def main(argv: list[str] | None = None) -> None:
             payload["part_a_sensitivity"] = run_part_a(sensitivity_plan(linear), data, args.cache)
     if "B" in args.parts:
         payload["part_b"] = run_part_b(cnn, data, args.cache)
+    _keep_parts_not_rerun(payload, json_out)
     payload["wall_seconds_total"] = time.perf_counter() - start
     payload["cpu_seconds_total"] = _cpu_seconds() - cpu
     payload["seconds_note"] = (
