@@ -21,7 +21,7 @@ SGD with momentum) trains, at epsilon = 1 and delta = 1e-5:
 * a NOT PRIVATE reference (no clipping, no noise, no guarantee).
 
 Part B, the standard DP CNN on Fashion-MNIST through the trainer
-(``dpjax.training.train``) at epsilon = 3: the published recipe of
+(``dpjax.training.train``) at epsilon = 1 and 3: the published recipe of
 ``benchmarks/utility.py`` (SGD momentum 0.9, lr 4, clip 0.1, expected batch
 2048) as the dense baseline, then each lever the trainer offers
 (``ema_decay``, ``noise_schedule``, ``clip_groups``, ``augmult``) alone and
@@ -597,7 +597,7 @@ CNN_RECIPE = {  # benchmarks/utility.py's published epsilon = 3 recipe (Tramer &
 
 @dataclasses.dataclass(frozen=True)
 class CnnPlan:
-    epsilons: tuple[float, ...] = (3.0,)
+    epsilons: tuple[float, ...] = (1.0, 3.0)
     epochs: float = 40
     steps: int | None = None  # overrides epochs (the quick plan)
     seeds: int = 3
@@ -953,7 +953,7 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--epochs", type=float, default=None, help="default 40 (the recipe)")
     b.add_argument("--seeds", type=int, default=None, help="default 3")
     b.add_argument("--levers", nargs="*", choices=sorted(LEVERS), default=None)
-    b.add_argument("--epsilons", nargs="+", type=float, default=None, help="default 3")
+    b.add_argument("--epsilons", nargs="+", type=float, default=None, help="default 1 3")
     b.add_argument("--augmult", type=int, default=None, help="K for the augmult lever (4)")
     b.add_argument(
         "--combine",

@@ -236,7 +236,7 @@ def test_strategies_quick_plan_is_small_and_the_full_plan_is_the_issues():
     full = strategies.LinearPlan()
     assert full.features >= 10_000 and full.epsilon == 1.0 and full.seeds == 3
     assert set(full.sources) == {"ema", "warmup", "random"} and len(full.fractions) >= 4
-    assert strategies.CnnPlan().epsilons == (3.0,)
+    assert strategies.CnnPlan().epsilons == (1.0, 3.0)
     assert "strategies" in importlib.import_module("run_all").BENCHMARKS
 
 
