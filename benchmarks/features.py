@@ -19,8 +19,9 @@ Parts (``--parts``):
   included) = 3;
 * ``curve``: ScatterNet + linear for epsilon in {0.5, 1, 2, 3, 8};
 * ``cnn``: ScatterNet + CNN (the zoo's ``scatter-cnn``, Tramer & Boneh's CNN for
-  scattering inputs, clipped by ghost clipping) at epsilon = 3: a small grid on
-  the VALIDATION split (seed 0), then ``--cnn-seeds`` seeds of the chosen one;
+  scattering inputs, clipped by ghost clipping) at epsilon = 3: ``SCAT_CNN_GRID``
+  (8 configurations) on the VALIDATION split (seed 0), then ``--cnn-seeds`` seeds
+  of the chosen one;
 * ``cnn-curve``: that CNN for epsilon in {0.5, 1, 2, 3, 8}, ``--curve-seeds`` seeds;
 * ``subsets``: 1k, 5k, 10k and all 55k training examples at epsilon = 3,
   end-to-end CNN vs ScatterNet + linear vs dpjax.convex output perturbation.
@@ -109,7 +110,16 @@ SCAT_CNN_RECIPE = {
     "clip_norm": 0.1,
     "ema_decay": 0.99,
 }
-SCAT_CNN_GRID = [{}, {"batch_size": 2048}, {"lr": 8.0}, {"lr": 2.0}]  # validation, seed 0
+SCAT_CNN_GRID = [  # validation, seed 0 (the first four, then four around the best of them)
+    {},
+    {"batch_size": 2048},
+    {"lr": 8.0},
+    {"lr": 2.0},
+    {"batch_size": 2048, "lr": 8.0},
+    {"batch_size": 2048, "epochs": 60.0},
+    {"batch_size": 1024, "lr": 2.0},
+    {"batch_size": 4096},
+]
 
 
 # ------------------------------------------------------------------------------- data
