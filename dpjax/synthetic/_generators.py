@@ -311,6 +311,16 @@ def _labels(class_probs: np.ndarray, num_samples: int) -> np.ndarray:
     return np.repeat(np.arange(len(class_probs)), counts).astype(np.int32)
 
 
+def _draws_by_batch(
+    draw: Callable[[jax.Array, jax.Array], jax.Array], key: jax.Array, y: np.ndarray, size: int
+) -> list[np.ndarray]:
+    """`draw(fold_in(key, i), labels)` over consecutive batches of `size` labels (host side)."""
+    return [
+        np.asarray(draw(jax.random.fold_in(key, i), jnp.asarray(y[start : start + size])))
+        for i, start in enumerate(range(0, len(y), size))
+    ]
+
+
 def sample(
     model: Generator | ClassGaussians,
     num_samples: int,
@@ -359,12 +369,13 @@ def sample(
     key = dpjax.key_from_seed(seed)
     out = []
     if isinstance(model, Generator):
-        for i, start in enumerate(range(0, n, bs)):
-            labels = jnp.asarray(y[start : start + bs])
-            draw = _draw_generator(
-                model.params, jax.random.fold_in(key, i), labels, model.config.latent_dim, k
-            )
-            out.append(np.asarray(draw))
+        latent = model.config.latent_dim
+        out = _draws_by_batch(
+            lambda key_i, labels: _draw_generator(model.params, key_i, labels, latent, k),
+            key,
+            y,
+            bs,
+        )
     else:
         basis = jnp.asarray(model.basis_matrix)
         r = jnp.float32(model.radius)

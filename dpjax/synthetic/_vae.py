@@ -36,7 +36,7 @@ import dpjax
 import dpjax.ghost
 from dpjax import _validation
 from dpjax.data import Dataset
-from dpjax.synthetic._generators import _labels
+from dpjax.synthetic._generators import _draws_by_batch, _labels
 from dpjax.synthetic._release import _check_data
 from dpjax.synthetic._synthesize import SyntheticData, _run_setup
 
@@ -517,17 +517,8 @@ def sample_decoder(
     y = _labels(release.class_probs, n)
     key = dpjax.key_from_seed(seed)
     params = [{name: jnp.asarray(v) for name, v in layer.items()} for layer in release.params]
-    out = []
-    for i, start in enumerate(range(0, n, bs)):
-        labels = jnp.asarray(y[start : start + bs])
-        draw = _draw(
-            params,
-            jax.random.fold_in(key, i),
-            labels,
-            release.config.latent_dim,
-            release.num_classes,
-        )
-        out.append(np.asarray(draw))
+    latent, k = release.config.latent_dim, release.num_classes
+    out = _draws_by_batch(lambda key_i, labels: _draw(params, key_i, labels, latent, k), key, y, bs)
     x = np.concatenate(out).astype(np.float32).reshape(n, *release.input_shape)
     return x, y
 
