@@ -315,19 +315,20 @@ def make_jax_step(framework: str, mode: str, apply, batch_size: int, microbatch:
 
 def time_compiled(
     fn, args, steps: int, warmup: int, carry: bool
-) -> tuple[float, list[float], Any, float | None, float | None]:
+) -> tuple[float, list[float], Any, float | None, float | None, int | None]:
     """Compiles ``fn`` (jit) for ``args``, runs it.
 
     With ``carry``, the first two outputs are fed back as the first two inputs
     (params, optimizer state), as in training; the inputs are donated.
 
     Returns:
-      ``(compile_s, step_times_s, last_out, xla_step_mb, xla_flops)``;
+      ``(compile_s, step_times_s, last_out, xla_step_mb, xla_flops, xla_while_loops)``;
       ``xla_step_mb`` is the compiled step's own memory from XLA's buffer
       assignment (arguments + outputs + temporaries - donated aliases), free of
       interpreter, compiler and allocator noise; ``xla_flops`` the floating-point
-      operations of one step by XLA's cost analysis; None where the backend does
-      not report them.
+      operations of one step by XLA's cost analysis, ``xla_while_loops`` the
+      loops whose bodies it counts once (:func:`_xla_loops`); None where the
+      backend does not report them.
     """
     import jax
 
@@ -338,8 +339,7 @@ def time_compiled(
     compiled = jitted.lower(*args).compile()
     compile_s = time.perf_counter() - t0
     step_mb = _xla_step_mb(compiled)
-    flops = _xla_flops(compiled)
-    _LOOPS["count"] = _xla_loops(compiled)
+    flops, loops = _xla_flops(compiled), _xla_loops(compiled)
     reset_peak_rss()  # the step peak below excludes the compiler's own memory
     args = list(args)
     times = []
@@ -351,7 +351,7 @@ def time_compiled(
             times.append(time.perf_counter() - t0)
         if carry:
             args[0], args[1] = out
-    return compile_s, times, out, step_mb, flops
+    return compile_s, times, out, step_mb, flops, loops
 
 
 def _xla_flops(compiled) -> float | None:
@@ -367,9 +367,6 @@ def _xla_flops(compiled) -> float | None:
         cost = cost[0] if cost else {}
     flops = (cost or {}).get("flops")
     return None if flops is None or flops < 0 else float(flops)
-
-
-_LOOPS: dict[str, int | None] = {"count": None}  # while loops of the last compiled step
 
 
 def _xla_loops(compiled) -> int | None:
@@ -474,7 +471,7 @@ def run_jax_config(cfg: dict[str, Any]) -> dict[str, Any]:
     mask = jnp.ones((b,), bool)
     step, tx = make_jax_step(cfg["framework"], cfg["mode"], apply, b, cfg.get("microbatch"))
     n = num_params(params)
-    compile_s, times, _, step_mb, flops = time_compiled(
+    compile_s, times, _, step_mb, flops, loops = time_compiled(
         step, (params, tx.init(params), x, y, mask), cfg["steps"], cfg["warmup"], True
     )
     return {
@@ -482,7 +479,7 @@ def run_jax_config(cfg: dict[str, Any]) -> dict[str, Any]:
         "compile_s": compile_s,
         "xla_step_mb": step_mb,
         "xla_flops": flops,
-        "xla_while_loops": _LOOPS["count"],
+        "xla_while_loops": loops,
         "num_params": n,
         "peak_device_mb": jax_peak_device_mb(),
         "device": jax_device(),
@@ -537,13 +534,13 @@ def run_jax_breakdown(cfg: dict[str, Any]) -> dict[str, Any]:
     }
     out: dict[str, Any] = {}
     for name, fn in pieces.items():
-        _, times, _, _, _ = time_compiled(
+        _, times, *_ = time_compiled(
             fn, (params, agg_state, x, y, mask), cfg["steps"], cfg["warmup"], False
         )
         out[name] = 1e3 * statistics.median(times)
     for mode in ("dp_sgd", "ghost"):
         step, tx = make_jax_step("dpjax", mode, apply, b)
-        _, times, _, _, _ = time_compiled(
+        _, times, *_ = time_compiled(
             step, (params, tx.init(params), x, y, mask), cfg["steps"], cfg["warmup"], True
         )
         out[f"full_{mode}_step"] = 1e3 * statistics.median(times)

@@ -43,7 +43,7 @@ def test_jax_step_runs_jitted_and_changes_params(framework, mode, model):
     apply, params = speed.jax_model(model, spec)
     x, y = speed.jax_inputs(model, spec, 8)
     step, tx = speed.make_jax_step(framework, mode, apply, 8, microbatch=4)
-    _, times, (new_params, _), step_mb, flops = speed.time_compiled(
+    _, times, (new_params, _), step_mb, flops, _ = speed.time_compiled(
         step, (params, tx.init(params), x, y, jnp.ones(8, bool)), steps=2, warmup=0, carry=True
     )
     assert len(times) == 2 and all(t > 0 for t in times)
